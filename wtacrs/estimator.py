@@ -1,0 +1,93 @@
+"""Column-row sampling plans and the bare matmul estimator.
+
+Everything here keeps fixed shapes and never reads a tensor value on the host, so it runs
+under FakeTensorMode and never stalls a GPU: the winner/sampled split is a mask, not a branch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import METHODS
+
+
+def _probabilities(weights: Tensor) -> Tensor:
+    w = weights.float().clamp_min(0)
+    total = w.sum()
+    uniform = torch.full_like(w, 1.0 / w.numel())
+    # All-zero weights mean every column-row product is zero: any plan is unbiased, use uniform.
+    return torch.where(total > 0, w / total.clamp_min(torch.finfo(torch.float32).tiny), uniform)
+
+
+def sampling_plan(weights: Tensor, k: int, method: str = "wta", generator: torch.Generator | None = None):
+    """Pick k of n column-row pairs with probabilities proportional to `weights` (shape [n]).
+
+    Returns (idx [k] int64, scale [k] float32) such that sum_s scale_s * a[:, idx_s] b[idx_s, :]
+    is an unbiased estimate of a @ b for "wta" and "crs" (biased, deterministic for "topk").
+
+    wta: the |C| most probable pairs are kept exactly (scale 1); the other k - |C| slots are drawn
+    with replacement from the remaining mass R and scaled by R / ((k - |C|) p_j). |C| minimises
+    (1 - P_C) / (k - |C|) over 0 <= |C| < k, so |C| = 0 when no winner set beats 1/k.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not allowed; choose one of {list(METHODS)}")
+    if weights.dim() != 1:
+        raise ValueError(f"weights must be 1-D (one per column-row pair), got shape {tuple(weights.shape)}")
+    n = weights.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of pairs n={n}")
+    p = _probabilities(weights)
+    device = p.device
+    if method == "topk":
+        idx = torch.topk(p, k).indices
+        return idx, torch.ones(k, device=device, dtype=torch.float32)
+
+    slots = torch.arange(k, device=device)
+    if method == "wta":
+        top_p, order = torch.topk(p, k)
+        mass_before = torch.cumsum(top_p, 0) - top_p  # P_C for |C| = slot index
+        objective = (1.0 - mass_before).clamp_min(0) / (k - slots).to(torch.float32)
+        c = torch.argmin(objective)  # first minimum: |C| = 0 wins ties with 1/k
+        is_winner = slots < c
+        winner_mask = torch.zeros_like(p).scatter(0, order, is_winner.to(p.dtype))
+        rest = p * (1.0 - winner_mask)
+        n_sampled = (k - c).to(torch.float32)
+    else:
+        c = torch.zeros((), dtype=torch.long, device=device)
+        is_winner = torch.zeros(k, dtype=torch.bool, device=device)
+        order = slots  # unused: no winners
+        rest = p
+        n_sampled = torch.full((), float(k), device=device)
+
+    cdf = torch.cumsum(rest, 0)
+    remaining = cdf[-1]
+    u = torch.rand(k, device=device, generator=generator, dtype=torch.float32)
+    # right=True returns the first j with cdf_j > u*R, which always has rest_j > 0.
+    drawn = torch.searchsorted(cdf, (u * remaining).unsqueeze(0), right=True).squeeze(0).clamp_max(n - 1)
+    p_drawn = rest[drawn]
+    sampled_scale = torch.where(
+        p_drawn > 0, remaining / (n_sampled * p_drawn.clamp_min(1e-30)), torch.zeros_like(p_drawn)
+    )
+    idx = torch.where(is_winner, order, drawn)
+    scale = torch.where(is_winner, torch.ones_like(sampled_scale), sampled_scale)
+    return idx, scale
+
+
+def pair_weights(a: Tensor, b: Tensor) -> Tensor:
+    """||a[:, i]|| * ||b[i, :]||: the optimal (variance-minimising) sampling weights."""
+    return torch.linalg.vector_norm(a.float(), dim=0) * torch.linalg.vector_norm(b.float(), dim=1)
+
+
+def estimate_matmul(
+    a: Tensor, b: Tensor, k: int, method: str = "wta", generator: torch.Generator | None = None
+) -> Tensor:
+    """Estimate a @ b ([m, n] @ [n, p]) from k of the n column-row pairs.
+
+    "wta" and "crs" are unbiased; "topk" keeps the k heaviest pairs and is biased.
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"need a [m, n] and b [n, p]; got {tuple(a.shape)} and {tuple(b.shape)}")
+    idx, scale = sampling_plan(pair_weights(a, b), k, method, generator)
+    a_kept = a.index_select(1, idx) * scale.to(a.dtype)
+    return a_kept @ b.index_select(0, idx)

@@ -1,0 +1,62 @@
+"""Count the bytes autograd keeps for backward, per storage, attributed to modules.
+
+Counting goes through `torch.autograd.graph.saved_tensors_hooks`, so it sees exactly what each
+operator saved (custom Functions included); a storage saved twice counts once, and parameters
+are excluded. Works on real tensors and under FakeTensorMode.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+
+import torch
+from torch import nn
+
+
+class SavedTensorCounter:
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.by_module: collections.Counter[str] = collections.Counter()
+        self.total = 0
+        self._seen: set[int] = set()
+        self._params: set[int] = set()
+        self._stack: list[str] = []
+
+    def _pack(self, t: torch.Tensor):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if storage.nbytes() and key not in self._seen and key not in self._params:
+            self._seen.add(key)
+            self.total += storage.nbytes()
+            self.by_module[self._stack[-1] if self._stack else "<top>"] += storage.nbytes()
+        return t
+
+    def _enter(self, name: str) -> None:
+        self._stack.append(name)
+
+    def _exit(self) -> None:
+        self._stack.pop()
+
+    @contextlib.contextmanager
+    def track(self):
+        self._params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        self._params |= {b.untyped_storage().data_ptr() for b in self.model.buffers()}
+        handles = []
+        for name, module in self.model.named_modules():
+            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._enter(n)))
+            handles.append(module.register_forward_hook(lambda m, a, o: self._exit()))
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+                yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def grouped(self) -> dict[str, int]:
+        """Bytes per module path with layer indices folded (encoder.layer.*.intermediate...)."""
+        out: collections.Counter[str] = collections.Counter()
+        for name, nbytes in self.by_module.items():
+            out[re.sub(r"\.\d+\.", ".*.", name)] += nbytes
+        return dict(out)
