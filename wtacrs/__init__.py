@@ -1,7 +1,7 @@
 """WTA-CRS: winner-take-all column-row sampling for memory-efficient fine-tuning."""
 
 from .config import WTACRSConfig
-from .estimator import estimate_matmul, pair_weights, sampling_plan
+from .estimator import estimate_matmul, expected_squared_error, pair_weights, sampling_plan
 from .layer import WTACRSLinear
 from .norms import example_ids
 from .patch import DEFAULT_TARGETS, apply_wtacrs, cache_bytes, remove_wtacrs, wtacrs_layers
@@ -17,5 +17,6 @@ __all__ = [
     "estimate_matmul",
     "pair_weights",
     "sampling_plan",
+    "expected_squared_error",
     "example_ids",
 ]

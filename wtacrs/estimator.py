@@ -20,6 +20,16 @@ def _probabilities(weights: Tensor) -> Tensor:
     return torch.where(total > 0, w / total.clamp_min(torch.finfo(torch.float32).tiny), uniform)
 
 
+def _winners(p: Tensor, k: int):
+    """(order of the k most probable pairs, which of the k slots are winners, |C|)."""
+    top_p, order = torch.topk(p, k)
+    slots = torch.arange(k, device=p.device)
+    mass_before = torch.cumsum(top_p, 0) - top_p  # P_C for |C| = slot index
+    objective = (1.0 - mass_before).clamp_min(0) / (k - slots).to(torch.float32)
+    c = torch.argmin(objective)  # first minimum: |C| = 0 wins ties with 1/k
+    return order, slots < c, c
+
+
 def sampling_plan(weights: Tensor, k: int, method: str = "wta", generator: torch.Generator | None = None):
     """Pick k of n column-row pairs with probabilities proportional to `weights` (shape [n]).
 
@@ -45,16 +55,11 @@ def sampling_plan(weights: Tensor, k: int, method: str = "wta", generator: torch
 
     slots = torch.arange(k, device=device)
     if method == "wta":
-        top_p, order = torch.topk(p, k)
-        mass_before = torch.cumsum(top_p, 0) - top_p  # P_C for |C| = slot index
-        objective = (1.0 - mass_before).clamp_min(0) / (k - slots).to(torch.float32)
-        c = torch.argmin(objective)  # first minimum: |C| = 0 wins ties with 1/k
-        is_winner = slots < c
+        order, is_winner, c = _winners(p, k)
         winner_mask = torch.zeros_like(p).scatter(0, order, is_winner.to(p.dtype))
         rest = p * (1.0 - winner_mask)
         n_sampled = (k - c).to(torch.float32)
     else:
-        c = torch.zeros((), dtype=torch.long, device=device)
         is_winner = torch.zeros(k, dtype=torch.bool, device=device)
         order = slots  # unused: no winners
         rest = p
@@ -91,3 +96,32 @@ def estimate_matmul(
     idx, scale = sampling_plan(pair_weights(a, b), k, method, generator)
     a_kept = a.index_select(1, idx) * scale.to(a.dtype)
     return a_kept @ b.index_select(0, idx)
+
+
+def expected_squared_error(a: Tensor, b: Tensor, weights: Tensor, k: int, method: str = "wta") -> Tensor:
+    """E ||estimate - a @ b||_F^2 of a k-pair estimate drawn with probabilities ∝ weights, in closed form.
+
+    For the unbiased methods this is the variance: (R * sum_j c_j / r_j - ||S_rest||^2) / (k - |C|),
+    with c_j = ||a_j||^2 ||b_j||^2, r the probability left outside the winners and S_rest their
+    exact product; for "topk" it is the squared bias. No sampling noise, so layers and methods
+    compare exactly.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not allowed; choose one of {list(METHODS)}")
+    a, b = a.double(), b.double()
+    p = _probabilities(weights).double()
+    exact = a @ b
+    if method == "topk":
+        idx = torch.topk(p, k).indices
+        return ((a[:, idx] @ b[idx] - exact) ** 2).sum()
+    if method == "wta":
+        order, is_winner, c = _winners(p.float(), k)
+        winner = torch.zeros_like(p).scatter(0, order, is_winner.double())
+    else:
+        winner, c = torch.zeros_like(p), torch.zeros((), dtype=torch.long)
+    rest = p * (1 - winner)
+    remaining = rest.sum()
+    pair_sq = torch.linalg.vector_norm(a, dim=0) ** 2 * torch.linalg.vector_norm(b, dim=1) ** 2
+    outside = (pair_sq / rest.clamp_min(1e-300) * (rest > 0)).sum()
+    s_rest = (a * (1 - winner)) @ b
+    return ((remaining * outside - (s_rest**2).sum()) / (k - c).double()).clamp_min(0)

@@ -92,6 +92,9 @@ class WTACRSLinear(nn.Module):
         # Set by apply_wtacrs: a counter the model's forward advances, so layers share a sample
         # only within one forward; a standalone layer draws afresh every call.
         self.forward_count: list[int] | None = None
+        # Trackers of the layers that read the same input and reused this layer's sample last
+        # time; their factors join ours, so the shared sample targets all their gradients.
+        self.partners: list[GradNormTracker] = []
 
     @classmethod
     def from_linear(cls, linear: nn.Module, config: WTACRSConfig) -> WTACRSLinear:
@@ -144,20 +147,26 @@ class WTACRSLinear(nn.Module):
     @torch.no_grad()
     def _sample(self, x: Tensor, n: int, k: int, plan: _Plan) -> tuple[Tensor, ...]:
         cfg = self.config
-        share = cfg.share_inputs and self.forward_count is not None
+        source = row_sources.source_of(x) if cfg.reuse_saved_inputs else None
+        # Sharing saves a second copy of the rows; with a row source there is no copy to save,
+        # so each layer draws its own sample with its own gradient factor (lower variance).
+        share = cfg.share_inputs and self.forward_count is not None and source is None
         key = (k, cfg.effective_method, x._version, self.forward_count[0] if share else None)
         shared = getattr(x, _SAMPLE_ATTR, None) if share else None
         if shared is not None and shared[0] == key:
-            plan.mode, plan.source, saved = shared[1], shared[2], shared[3]
+            plan.mode, plan.source, saved, owner = shared[1], shared[2], shared[3], shared[4]
+            if owner is not self and all(t is not self.tracker for t in owner.partners):
+                owner.partners.append(self.tracker)
             return saved
         x2 = x.reshape(n, x.shape[-1])
         weights = torch.linalg.vector_norm(x2.float(), dim=1)
-        g = self.tracker.factor(x.shape, x.device)
-        if g is not None:
-            weights = weights * g
+        factors = [t.factor(x.shape, x.device) for t in (self.tracker, *self.partners)]
+        factors = [f for f in factors if f is not None]
+        if factors:
+            # the optimal weight for the stacked gradients [dY_q, dY_k, dY_v]: ||x_i|| * ||stacked dY_i||
+            weights = weights * torch.sqrt(sum(f * f for f in factors))
         idx, scale = sampling_plan(weights, k, cfg.effective_method, self.generator)
         idx32 = idx.to(torch.int32)
-        source = row_sources.source_of(x) if cfg.reuse_saved_inputs else None
         if source is not None:
             plan.mode, plan.source = "source", source
             saved = (idx32, scale, *source.tensors)
@@ -166,5 +175,5 @@ class WTACRSLinear(nn.Module):
             plan.mode = "rows"
             saved = (idx32, kept)
         if share:
-            setattr(x, _SAMPLE_ATTR, (key, plan.mode, plan.source, saved))
+            setattr(x, _SAMPLE_ATTR, (key, plan.mode, plan.source, saved, self))
         return saved

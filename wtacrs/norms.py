@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 _EXAMPLE_IDS: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("wtacrs_example_ids", default=None)
-_FLOOR = 1e-3  # relative to the mean factor
+_FLOOR = 0.2  # defensive mixture: g + 0.2 * mean(g) bounds the variance when history misleads
 
 
 @contextlib.contextmanager

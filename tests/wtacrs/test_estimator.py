@@ -5,6 +5,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from wtacrs import estimate_matmul, pair_weights, sampling_plan
+from wtacrs.estimator import expected_squared_error
 
 TRIALS = 4000
 Z_MAX = 5.0  # per-entry bound on |mean - exact| in standard errors; P(|N(0,1)| > 5) = 5.7e-7
@@ -104,3 +105,13 @@ def test_bad_arguments():
         sampling_plan(torch.ones(5), 6)
     with pytest.raises(ValueError, match="need a \\[m, n\\] and b \\[n, p\\]"):
         estimate_matmul(torch.ones(2, 3), torch.ones(4, 2), 1)
+
+
+@pytest.mark.parametrize("method", ["wta", "crs", "topk"])
+def test_closed_form_error_matches_monte_carlo(method):
+    a, b = heavy_tailed()
+    exact = a @ b
+    sq = ((draws(a, b, 10, method, trials=3000) - exact) ** 2).sum((1, 2))
+    predicted = expected_squared_error(a, b, pair_weights(a, b), 10, method).item()
+    se = sq.std().item() / math.sqrt(sq.numel())
+    assert abs(sq.mean().item() - predicted) <= 5 * se + 1e-9 * predicted, (sq.mean().item(), predicted, se)

@@ -93,6 +93,8 @@ def test_layers_reading_one_tensor_share_one_sample_within_a_forward():
     assert nbytes == 10 * 16 * 4 + 10 * 4 + elementwise
     y.sum().backward()
     assert all(m.weight.grad is not None for m in (model.q, model.k, model.v))
+    # the sampling layer learned who shares its input; their gradient factors join its own
+    assert [id(t) for t in model.q.partners] == [id(model.k.tracker), id(model.v.tracker)]
     without = wtacrs.apply_wtacrs(_QKV(), WTACRSConfig(ratio=0.25, target_modules=("^[qkv]$",), share_inputs=False))
     assert saved_bytes(without, x)[0] == 3 * (10 * 16 * 4 + 10 * 4) + elementwise
 
@@ -123,6 +125,22 @@ def test_rows_are_recomputed_from_a_layernorm_input_instead_of_stored():
     (a,) = torch.autograd.grad(net(x), net[1].weight, g)
     (b,) = torch.autograd.grad(plain(x), plain[1].weight, g)
     torch.testing.assert_close(a, b)
+
+
+def test_layers_reading_a_recomputable_input_draw_their_own_samples():
+    class LNQKV(_QKV):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(16)
+
+        def forward(self, x):
+            return super().forward(self.ln(x))
+
+    model = wtacrs.apply_wtacrs(LNQKV(), WTACRSConfig(ratio=0.25, target_modules=("^[qkv]$",)))
+    seen = []
+    model.q.register_forward_hook(lambda m, a, o: seen.append(getattr(a[0], "_wtacrs_sample", None)))
+    model(torch.randn(40, 16, requires_grad=True)).sum().backward()
+    assert seen == [None] and model.q.partners == []
 
 
 def test_bf16_autocast_on_cpu():
