@@ -26,7 +26,7 @@ class SavedTensorCounter:
 
     def _pack(self, t: torch.Tensor):
         storage = t.untyped_storage()
-        key = storage.data_ptr()
+        key = storage._cdata  # the StorageImpl: shared by views, defined for fake tensors too
         if storage.nbytes() and key not in self._seen and key not in self._params:
             self._seen.add(key)
             self.total += storage.nbytes()
@@ -41,8 +41,8 @@ class SavedTensorCounter:
 
     @contextlib.contextmanager
     def track(self):
-        self._params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
-        self._params |= {b.untyped_storage().data_ptr() for b in self.model.buffers()}
+        self._params = {p.untyped_storage()._cdata for p in self.model.parameters()}
+        self._params |= {b.untyped_storage()._cdata for b in self.model.buffers()}
         handles = []
         for name, module in self.model.named_modules():
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._enter(n)))

@@ -1,0 +1,86 @@
+"""What a result was measured on: recorded with every job."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def describe(mode: str) -> dict:
+    import torch
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    env = {
+        "mode": mode,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "peft_version": peft_version,
+        "git_revision": git_revision(),
+        "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if mode == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(
+            device_name=props.name,
+            device_total_bytes=props.total_memory,
+            cuda_version=torch.version.cuda,
+            driver=_nvidia_driver(),
+        )
+    else:
+        env.update(device_name=f"cpu ({platform.processor() or platform.machine()})", device_total_bytes=_host_memory())
+    return env
+
+
+def process_device_bytes() -> int | None:
+    """Device memory of this process as the driver sees it (CUDA context and workspaces included)."""
+    import torch
+
+    try:
+        return int(torch.cuda.device_memory_used())
+    except Exception:  # needs NVML (pynvml); absent on many hosts
+        return None
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None

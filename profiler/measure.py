@@ -1,0 +1,200 @@
+"""One (method, batch size) trial: peak memory with a breakdown, step time, fidelity.
+
+Memory is measured, never guessed: CUDA allocator statistics on cuda, the profiler's record of
+the CPU allocator on cpu, and a dispatcher-level storage count under FakeTensorMode on
+estimate. The breakdown always comes from the storage tracker (same method in every mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from wtacrs.memory import SavedTensorCounter
+
+from .methods import apply_method
+from .methods_grammar import Method
+from .spec import JobSpec
+from .tracker import StorageTracker
+from .zoo import build_model, make_batch
+
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Trial:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: dict
+    device: torch.device
+    dtype: str
+    fake: contextlib.AbstractContextManager | None = None
+
+    def autocast(self):
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_AMP[self.dtype])
+
+    def forward_backward(self) -> None:
+        with self.autocast():
+            loss = self.model(**self.batch).loss
+        loss.backward()
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def make_optimizer(spec: JobSpec, model) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=0.9)
+    cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=spec.lr, foreach=False)  # foreach adds a parameter-sized scratch per group
+
+
+def build_trial(spec: JobSpec, method: Method, batch_size: int, device: torch.device) -> Trial:
+    with device:  # built in place: no copy, and fake tensors stay fake
+        family, model = build_model(spec)
+        model = apply_method(model, family, method, spec.lora_r)
+    config = getattr(model, "config", None) or model.base_model.model.config
+    batch = make_batch(family, config, batch_size, spec.seq_len, device, seed=spec.seed)
+    return Trial(model, make_optimizer(spec, model), batch, device, spec.dtype)
+
+
+class CPUAllocatorRecord:
+    """The CPU allocator's running total while profiling, from torch.profiler's allocation events.
+
+    Start it before the model is built: the total only counts what was allocated since.
+    """
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        from torch._C._profiler import _EventType
+
+        self._prof.__exit__(*exc)
+        self.totals: list[tuple[int, int]] = []
+        self.ranges: dict[str, tuple[int, int]] = {}
+        stack = list(self._prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children)
+            if node.tag == _EventType.Allocation:
+                fields = node.extra_fields
+                self.totals.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
+            elif node.name.startswith("wtacrs::"):
+                self.ranges[node.name] = (node.start_time_ns, node.end_time_ns)
+        return False
+
+    def peak(self, within: str | None = None) -> int:
+        """Peak bytes above what was allocated when the record started."""
+        if not self.totals:
+            return 0
+        self.totals.sort()
+        # The allocator's counter also holds memory that was freed while no profiler listened.
+        _, first_total, first_size = self.totals[0]
+        baseline = first_total - first_size
+        lo, hi = self.ranges[within] if within else (-1, 2**63)
+        return max((total for t, total, _ in self.totals if lo <= t <= hi), default=baseline) - baseline
+
+
+def measure_memory(trial: Trial, mode: str) -> dict:
+    """Step 1 (before optimizer state exists), then one steady-state step.
+
+    Peaks are the CUDA allocator's on cuda and the storage tracker's otherwise; on cpu the caller
+    replaces them with a CPUAllocatorRecord's, which has to span the trial's construction too.
+    """
+    tracker = StorageTracker()
+    saved = SavedTensorCounter(trial.model)
+    cuda = mode == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    def first():
+        with saved.track():
+            with trial.autocast():
+                loss = trial.model(**trial.batch).loss
+        loss.backward()
+
+    def rest():
+        trial.optimizer_step()
+        trial.forward_backward()
+        trial.optimizer_step()
+
+    with tracker.watch(trial.model, trial.optimizer):
+        tracker.reset_peak()
+        with torch.profiler.record_function("wtacrs::first_step"):
+            first()
+        first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak
+        with torch.profiler.record_function("wtacrs::steady"):
+            rest()
+        peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak
+    out = {
+        "peak_bytes": int(peak),
+        "first_step_peak_bytes": int(first_peak),
+        "activation_bytes": int(saved.total),
+        "tracked_peak_bytes": int(tracker.peak),
+        "breakdown": tracker.peak_breakdown(),
+    }
+    if cuda:
+        stats = torch.cuda.memory_stats()
+        out.update(
+            reserved_bytes=int(torch.cuda.max_memory_reserved()),
+            alloc_retries=int(stats.get("num_alloc_retries", 0)),
+            allocator_ooms=int(stats.get("num_ooms", 0)),
+        )
+    return out
+
+
+def measure_throughput(trial: Trial, spec: JobSpec, tokens: int, samples: int) -> dict:
+    cuda = trial.device.type == "cuda"
+
+    def step():
+        trial.forward_backward()
+        trial.optimizer_step()
+
+    for _ in range(spec.warmup):
+        step()
+    times = []
+    for _ in range(spec.steps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "step_time_s": median,
+        "step_time_min_s": min(times),
+        "step_time_max_s": max(times),
+        "tokens_per_s": tokens / median,
+        "samples_per_s": samples / median,
+        "timed_steps": len(times),
+    }
+
+
+def release(trial: Trial | None) -> None:
+    if trial is not None:
+        trial.model.zero_grad(set_to_none=True)
+        trial.optimizer.state.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,28 @@
+"""Turn a Method into a configured model: LoRA/VeLoRA via peft, checkpointing, WTA-CRS."""
+
+from __future__ import annotations
+
+import wtacrs
+
+from .methods_grammar import Method
+from .zoo_names import FAMILIES
+
+_PEFT_TASK = {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal_lm": "CAUSAL_LM"}
+_SAMPLER_METHOD = {"wtacrs": "wta", "crs": "crs", "topk": "topk"}
+
+
+def apply_method(model, family: str, method: Method, lora_r: int = 8):
+    if method.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method.adapter:
+        import peft
+
+        extra = {"velora_config": peft.VeloraConfig()} if method.adapter == "velora" else {}
+        config = peft.LoraConfig(
+            r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type=_PEFT_TASK[FAMILIES[family][2]], **extra
+        )
+        model = peft.get_peft_model(model, config)
+    if method.sampler:
+        config = wtacrs.WTACRSConfig(ratio=method.ratio, method=_SAMPLER_METHOD[method.sampler])
+        wtacrs.apply_wtacrs(model, config)
+    return model

@@ -1,0 +1,120 @@
+"""The job spec: one pydantic model shared by the CLI, the worker and the API (no torch here)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .methods_grammar import parse_method
+from .zoo_names import FAMILIES, PRESETS
+
+MEASUREMENTS = ("peak_memory", "max_batch_size", "throughput", "fidelity")
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: str
+    overrides: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown model family {v!r}; known families: {sorted(FAMILIES)}")
+        return v
+
+
+class MaxBatchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    upper: int = Field(4096, ge=1, le=1_000_000, description="never probe beyond this batch size")
+    headroom: float = Field(0.0, ge=0.0, lt=0.9, description="fraction of device memory kept free")
+
+
+class JobSpec(BaseModel):
+    """What to profile. Unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | ModelSpec
+    methods: list[str] = Field(min_length=1)
+    seq_len: int = Field(ge=1, le=131072)
+    batch_sizes: list[int] = Field(default_factory=list)
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-5, gt=0)
+    measurements: list[str] = Field(default_factory=lambda: ["peak_memory", "throughput"], min_length=1)
+    device: Literal["cuda", "cpu", "estimate"] = "cpu"
+    target_memory_gb: float | None = Field(None, gt=0, description="estimate mode: device memory to fit in (GiB)")
+    steps: int = Field(3, ge=1, le=1000)
+    warmup: int = Field(1, ge=0, le=100)
+    seed: int = 0
+    lora_r: int = Field(8, ge=1, le=1024)
+    max_batch: MaxBatchSpec = Field(default_factory=MaxBatchSpec)
+    timeout_s: float = Field(1800, gt=0, le=86400, description="per method, in the child process")
+
+    @field_validator("model")
+    @classmethod
+    def _known_preset(cls, v):
+        if isinstance(v, str) and v not in PRESETS:
+            raise ValueError(
+                f"unknown model preset {v!r}; presets: {sorted(PRESETS)}; or give {{'family': ..., 'overrides': {{...}}}}"
+                f" with a family from {sorted(FAMILIES)}"
+            )
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _parse_methods(cls, v: list[str]) -> list[str]:
+        names = [parse_method(m).name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"methods repeat {dupes}; list each once")
+        return names
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b < 1 or b > 1_000_000]
+        if bad:
+            raise ValueError(f"batch_sizes {bad} are outside 1..1000000")
+        return sorted(set(v))
+
+    @field_validator("measurements")
+    @classmethod
+    def _known_measurements(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in MEASUREMENTS]
+        if bad:
+            raise ValueError(f"unknown measurements {bad}; allowed: {list(MEASUREMENTS)}")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        per_batch = {"peak_memory", "throughput", "fidelity"} & set(self.measurements)
+        if per_batch and not self.batch_sizes:
+            raise ValueError(f"measurements {sorted(per_batch)} need batch_sizes (a list of positive integers)")
+        if self.device == "estimate":
+            if "throughput" in self.measurements:
+                raise ValueError(
+                    "device 'estimate' traces without running kernels, so it cannot measure throughput; "
+                    "drop 'throughput' or use device 'cpu'/'cuda'"
+                )
+            if "fidelity" in self.measurements:
+                raise ValueError(
+                    "device 'estimate' has no tensor values, so it cannot measure fidelity; "
+                    "drop 'fidelity' or use device 'cpu'/'cuda'"
+                )
+            if self.target_memory_gb is None and "max_batch_size" in self.measurements:
+                raise ValueError("device 'estimate' with max_batch_size needs target_memory_gb (e.g. 80)")
+        if self.device == "cpu" and self.target_memory_gb is None and "max_batch_size" in self.measurements:
+            raise ValueError(
+                "device 'cpu' with max_batch_size needs target_memory_gb: host memory has no hard limit "
+                "to probe against"
+            )
+        if self.dtype == "fp16" and self.device == "cpu":
+            raise ValueError("dtype 'fp16' (autocast) is not supported on device 'cpu'; use 'bf16' or 'fp32'")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.family

@@ -1,0 +1,162 @@
+"""Rows of a job: per (method, batch) trials, the max-batch search, fidelity. Runs in one process."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+import wtacrs
+
+from .environment import process_device_bytes
+from .maxbatch import Probe, search
+from .measure import CPUAllocatorRecord, build_trial, measure_memory, measure_throughput, release
+from .methods_grammar import Method
+from .spec import JobSpec
+
+GIB = 2**30
+FIDELITY_DRAWS = 8
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def _device(spec: JobSpec) -> torch.device:
+    if spec.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device on this host")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _mode_context(spec: JobSpec):
+    if spec.device == "cpu":
+        return CPUAllocatorRecord()
+    if spec.device == "cuda":
+        return contextlib.nullcontext()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def memory_limit(spec: JobSpec) -> float | None:
+    """Bytes a batch may peak at, headroom applied (None: the device decides, by OOM)."""
+    if spec.target_memory_gb is not None:
+        return spec.target_memory_gb * GIB * (1 - spec.max_batch.headroom)
+    if spec.device == "cuda":
+        return torch.cuda.get_device_properties(0).total_memory * (1 - spec.max_batch.headroom)
+    return None
+
+
+def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> dict:
+    row = {
+        "method": method.name,
+        "batch_size": batch_size,
+        "seq_len": spec.seq_len,
+        "mode": spec.device,
+        "measured": spec.device != "estimate",
+        "oom": False,
+        "error": None,
+    }
+    trial = None
+    try:
+        with _mode_context(spec) as context:
+            trial = build_trial(spec, method, batch_size, _device(spec))
+            row.update(measure_memory(trial, spec.device))
+        if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
+            row["first_step_peak_bytes"] = context.peak("wtacrs::first_step")
+            row["peak_bytes"] = context.peak()
+        limit = memory_limit(spec)
+        if spec.device == "estimate" and limit is not None:
+            row["oom"] = row["peak_bytes"] > limit  # would not fit the target device
+        if spec.device == "cuda":
+            row["process_device_bytes"] = process_device_bytes()
+        if throughput and spec.device != "estimate" and "throughput" in spec.measurements:
+            tokens = batch_size * spec.seq_len
+            row.update(measure_throughput(trial, spec, tokens, batch_size))
+    except Exception as err:  # an OOM is a measurement; anything else is this row's error
+        if _is_oom(err):
+            row["oom"] = True
+        else:
+            row["error"] = f"{type(err).__name__}: {err}"
+    finally:
+        release(trial)
+    return row
+
+
+def max_batch_row(spec: JobSpec, method: Method) -> dict:
+    limit = memory_limit(spec)
+
+    def probe(b: int) -> Probe:
+        row = trial_row(spec, method, b, throughput=False)
+        if row["error"]:
+            raise RuntimeError(row["error"])
+        if row["oom"]:
+            return Probe(b, False, None, "out of memory")
+        peak = row.get("reserved_bytes", row["peak_bytes"])
+        fits = limit is None or peak <= limit
+        return Probe(b, fits, peak, "" if fits else "over the memory limit")
+
+    result = search(probe, limit, spec.max_batch.upper)
+    return {
+        "method": method.name,
+        "max_batch_size": result.max_batch_size,
+        "mode": spec.device,
+        "seq_len": spec.seq_len,
+        "limit_bytes": limit,
+        "headroom": spec.max_batch.headroom,
+        "capped_at_upper": result.capped,
+        "probes": [p.__dict__ for p in result.probes],
+    }
+
+
+def _weight_grads(model) -> dict[str, torch.Tensor]:
+    return {n: m.weight.grad.detach().double().clone() for n, m in wtacrs.wtacrs_layers(model)}
+
+
+def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[dict]:
+    """Per replaced layer: error and variance of the sampled weight gradient vs the exact one."""
+    device = _device(spec)
+    exact_method = Method(method.name, method.adapter, None, None, method.checkpointing)
+    sampled = build_trial(spec, method, batch_size, device)
+    reference = build_trial(spec, exact_method, batch_size, device)
+    try:
+        for t in (sampled, reference):
+            t.model.eval()  # dropout off: the exact and sampled runs see the same function
+        reference.forward_backward()
+        ref_modules = dict(reference.model.named_modules())
+        exact = {n: ref_modules[n].weight.grad.detach().double() for n, _ in wtacrs.wtacrs_layers(sampled.model)}
+        # one step on another batch first, so the gradient-norm history is what training would have
+        warm = {k: v.roll(1, 0) for k, v in sampled.batch.items()}
+        with sampled.autocast():
+            sampled.model(**warm).loss.backward()
+        draws = []
+        for _ in range(FIDELITY_DRAWS):
+            sampled.model.zero_grad(set_to_none=True)
+            sampled.forward_backward()
+            draws.append(_weight_grads(sampled.model))
+    finally:
+        release(sampled)
+        release(reference)
+    rows = []
+    for name, g in exact.items():
+        stack = torch.stack([d[name] for d in draws])
+        norm = g.norm().item() or 1e-30
+        mean = stack.mean(0)
+        rows.append(
+            {
+                "method": method.name,
+                "batch_size": batch_size,
+                "layer": name,
+                "relative_error": (stack - g).flatten(1).norm(dim=1).mean().item() / norm,
+                "relative_bias": (mean - g).norm().item() / norm,
+                "relative_variance": ((stack - mean) ** 2).sum((1, 2)).mean().item() / norm**2,
+                "draws": FIDELITY_DRAWS,
+                "exact_norm": norm if math.isfinite(norm) else None,
+            }
+        )
+    return rows

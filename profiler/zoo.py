@@ -1,0 +1,64 @@
+"""Build models from transformers configs with random weights (no download) and synthetic batches."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from .spec import JobSpec, ModelSpec
+from .zoo_names import FAMILIES, PRESETS
+
+# T5 is seq2seq: the decoder reads a target this long (GLUE-as-text targets are a few tokens).
+T5_TARGET_LEN = 8
+
+
+def resolve(model: str | ModelSpec) -> tuple[str, dict]:
+    if isinstance(model, str):
+        family, kwargs = PRESETS[model]
+        return family, dict(kwargs)
+    return model.family, dict(model.overrides)
+
+
+def build_config(model: str | ModelSpec, seq_len: int):
+    family, kwargs = resolve(model)
+    config_cls = getattr(transformers, FAMILIES[family][0])
+    try:
+        config = config_cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config overrides {kwargs} are not valid for {config_cls.__name__}: {err}") from None
+    if family in ("bert", "roberta", "t5"):
+        config.num_labels = 2
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if family == "roberta" and limit is not None:
+        limit -= 2  # RoBERTa's positions start after the padding index
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"seq_len={seq_len} exceeds this model's {limit} positions")
+    return family, config
+
+
+def build_model(spec: JobSpec):
+    """Random-weight model in training mode; seeded so every method starts from the same weights."""
+    family, config = build_config(spec.model, spec.seq_len)
+    torch.manual_seed(spec.seed)
+    model = getattr(transformers, FAMILIES[family][1])(config)
+    return family, model.train()
+
+
+def make_batch(family: str, config, batch_size: int, seq_len: int, device, seed: int = 0) -> dict:
+    """Synthetic token ids of the right shapes: the worst case (every position used)."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = config.vocab_size
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    task = FAMILIES[family][2]
+    if task == "classification":
+        batch["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=g)
+    elif task == "seq2seq":
+        batch["labels"] = torch.randint(0, vocab, (batch_size, min(T5_TARGET_LEN, seq_len)), generator=g)
+    else:
+        batch["labels"] = ids.clone()
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def tokens_per_batch(family: str, batch_size: int, seq_len: int) -> int:
+    return batch_size * seq_len
