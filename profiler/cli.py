@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from .spec import JobSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Profile WTA-CRS and other fine-tuning methods.")
 console = Console(stderr=True)
+out_console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and files get the whole table
 MIB = 2**20
 
 
@@ -60,9 +62,9 @@ def print_table(result: dict) -> None:
             "yes" if r["oom"] else "",
             (r.get("error") or "")[:60],
         )
-    Console().print(table)
+    out_console.print(table)
     for m in result["max_batch"]:
-        Console().print(f"max batch {m['method']}: {m['max_batch_size']} ({len(m['probes'])} probes)")
+        out_console.print(f"max batch {m['method']}: {m['max_batch_size']} ({len(m['probes'])} probes)")
     for e in result["errors"]:
         console.print(f"[red]{e.splitlines()[0]}[/red]")
 
@@ -74,9 +76,9 @@ def _root() -> None:
 
 @app.command()
 def run(
-    spec: str = typer.Argument(..., help="job spec JSON file, or - for stdin"),
-    out: Path = typer.Option(..., "--out", help="where to write the result JSON"),
-    isolate: bool = typer.Option(True, help="run each method in a child process with the spec's time limit"),
+    spec: Annotated[str, typer.Argument(help="job spec JSON file, or - for stdin")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the result JSON")],
+    isolate: Annotated[bool, typer.Option(help="run each method in a child process with the spec's time limit")] = True,
 ) -> None:
     """Run a job locally and write its JSON result."""
     job = load_spec(spec)

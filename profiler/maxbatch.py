@@ -29,29 +29,40 @@ class SearchResult:
 def search(probe: Callable[[int], Probe], limit_bytes: float | None, upper: int) -> SearchResult:
     seen: dict[int, Probe] = {}
     lo, hi = 0, upper + 1  # lo: largest known fit; hi: smallest known failure (upper + 1: none yet)
-    guess = 1
+    guess, bisect_next = 1, False
     while hi - lo > 1:
         result = seen.get(guess) or probe(guess)
         seen[guess] = result
+        width = hi - lo
         if result.fits:
             lo = guess
         else:
             hi = guess
         if hi - lo <= 1:
             break
-        guess = _next_guess(seen, lo, hi, limit_bytes, upper)
+        if bisect_next:
+            guess, bisect_next = (lo + hi) // 2, False
+        else:
+            guess = _predict(seen, lo, hi, limit_bytes, upper)
+            # a prediction that did not halve the interval is followed by a bisection step,
+            # so a poor model of memory costs at most twice the probes of plain bisection
+            bisect_next = hi <= upper and (hi - lo) * 2 > width
     return SearchResult(lo, [seen[b] for b in seen], capped=lo == upper)
 
 
-def _next_guess(seen: dict[int, Probe], lo: int, hi: int, limit: float | None, upper: int) -> int:
-    fitting = sorted((b, p.peak_bytes) for b, p in seen.items() if p.fits and p.peak_bytes is not None)
-    if limit is not None and len(fitting) >= 2:
+def _predict(seen: dict[int, Probe], lo: int, hi: int, limit: float | None, upper: int) -> int:
+    peaks = {b: p.peak_bytes for b, p in seen.items() if p.peak_bytes is not None}
+    if limit is not None and lo in peaks and hi in peaks and peaks[hi] > peaks[lo]:
+        # interpolate between the bracket's two measured peaks
+        step = (limit - peaks[lo]) * (hi - lo) / (peaks[hi] - peaks[lo])
+        return min(max(lo + int(step), lo + 1), hi - 1)
+    fitting = sorted((b, m) for b, m in peaks.items() if b <= lo)
+    if limit is not None and hi > upper and len(fitting) >= 2:
         (b0, m0), (b1, m1) = fitting[-2], fitting[-1]
-        slope = (m1 - m0) / (b1 - b0)
-        if slope > 0:
-            predicted = b1 + int((limit - m1) // slope)
-            # probe the predicted answer, or just above the largest fit to confirm it
-            return min(max(predicted, lo + 1), hi - 1)
+        if m1 > m0:
+            predicted = b1 + int((limit - m1) * (b1 - b0) / (m1 - m0))
+            # small batches can sit on a plateau (optimizer-bound peak): grow at most 8x a step
+            return min(max(predicted, lo + 1), 8 * lo, upper)
     if hi > upper:  # no failure seen yet: grow
         return min(max(2 * lo, lo + 1), upper)
     return (lo + hi) // 2

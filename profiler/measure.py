@@ -58,10 +58,38 @@ def make_optimizer(spec: JobSpec, model) -> torch.optim.Optimizer:
     return cls(params, lr=spec.lr, foreach=False)  # foreach adds a parameter-sized scratch per group
 
 
-def build_trial(spec: JobSpec, method: Method, batch_size: int, device: torch.device) -> Trial:
-    with device:  # built in place: no copy, and fake tensors stay fake
+def _to_fake(model: torch.nn.Module, fake_mode, device: torch.device) -> None:
+    """Replace a meta-device model's parameters and buffers by fake tensors on `device`, in place."""
+    converter = fake_mode.fake_tensor_converter
+    done: dict[int, torch.Tensor] = {}  # one new object per old one: shared Parameters stay shared
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in done:
+            fake = converter.from_meta_and_device(fake_mode, t.detach(), device)
+            done[id(t)] = torch.nn.Parameter(fake, t.requires_grad) if isinstance(t, torch.nn.Parameter) else fake
+        return done[id(t)]
+
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is not None:
+                    table[name] = convert(t)
+        for name, value in vars(module).items():  # Parameters also referenced as plain attributes
+            if isinstance(value, torch.Tensor) and id(value) in done:
+                setattr(module, name, done[id(value)])
+
+
+def build_trial(spec: JobSpec, method: Method, batch_size: int, device: torch.device, fake_mode=None) -> Trial:
+    """A fresh seeded model with the method applied, its optimizer and a batch.
+
+    With fake_mode the model is built on the meta device (no memory, and module.to() works there,
+    which it does not on fake parameters) and then turned into fake tensors on `device`.
+    """
+    with torch.device("meta" if fake_mode is not None else device):
         family, model = build_model(spec)
         model = apply_method(model, family, method, spec.lora_r)
+    if fake_mode is not None:
+        _to_fake(model, fake_mode, device)
     config = getattr(model, "config", None) or model.base_model.model.config
     batch = make_batch(family, config, batch_size, spec.seq_len, device, seed=spec.seed)
     return Trial(model, make_optimizer(spec, model), batch, device, spec.dtype)

@@ -94,6 +94,12 @@ class JobSpec(BaseModel):
         if per_batch and not self.batch_sizes:
             raise ValueError(f"measurements {sorted(per_batch)} need batch_sizes (a list of positive integers)")
         if self.device == "estimate":
+            untraceable = [m for m in self.methods if parse_method(m).adapter == "velora"]
+            if untraceable:
+                raise ValueError(
+                    f"methods {untraceable} read tensor values on the host (peft VeLoRA), which FakeTensorMode "
+                    "cannot trace; profile them on device 'cpu' or 'cuda'"
+                )
             if "throughput" in self.measurements:
                 raise ValueError(
                     "device 'estimate' traces without running kernels, so it cannot measure throughput; "

@@ -65,7 +65,8 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
     trial = None
     try:
         with _mode_context(spec) as context:
-            trial = build_trial(spec, method, batch_size, _device(spec))
+            fake_mode = context if spec.device == "estimate" else None
+            trial = build_trial(spec, method, batch_size, _device(spec), fake_mode)
             row.update(measure_memory(trial, spec.device))
         if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
             row["first_step_peak_bytes"] = context.peak("wtacrs::first_step")
@@ -95,9 +96,9 @@ def max_batch_row(spec: JobSpec, method: Method) -> dict:
         row = trial_row(spec, method, b, throughput=False)
         if row["error"]:
             raise RuntimeError(row["error"])
-        if row["oom"]:
+        peak = row.get("reserved_bytes", row.get("peak_bytes"))
+        if row["oom"] and spec.device != "estimate":
             return Probe(b, False, None, "out of memory")
-        peak = row.get("reserved_bytes", row["peak_bytes"])
         fits = limit is None or peak <= limit
         return Probe(b, fits, peak, "" if fits else "over the memory limit")
 

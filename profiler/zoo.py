@@ -28,6 +28,8 @@ def build_config(model: str | ModelSpec, seq_len: int):
         raise ValueError(f"config overrides {kwargs} are not valid for {config_cls.__name__}: {err}") from None
     if family in ("bert", "roberta", "t5"):
         config.num_labels = 2
+    if family == "t5" and getattr(config, "decoder_start_token_id", None) is None:
+        config.decoder_start_token_id = config.pad_token_id or 0  # as the public T5 checkpoints
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if family == "roberta" and limit is not None:
         limit -= 2  # RoBERTa's positions start after the padding index

@@ -5,22 +5,24 @@ import pytest
 from profiler.maxbatch import Probe, search
 
 
-def affine(base, per_sample, limit, noise=None):
+def affine(base, per_sample, limit, noise=None, measured_over=True):
+    """measured_over: the peak of a batch that does not fit is known (estimate) or not (a real OOM)."""
     calls = []
 
     def probe(b):
         calls.append(b)
         peak = base + per_sample * b + (noise(b) if noise else 0)
-        return Probe(b, peak <= limit, peak if peak <= limit else None)
+        return Probe(b, peak <= limit, peak if peak <= limit or measured_over else None)
 
     return probe, calls
 
 
+@pytest.mark.parametrize("measured_over", [True, False])
 @pytest.mark.parametrize("answer", [1, 2, 3, 7, 64, 100, 1000, 4095])
-def test_exact_answer_in_few_probes(answer):
+def test_exact_answer_in_few_probes(answer, measured_over):
     per, base = 10_000, 123_456
     limit = base + per * answer + per // 2
-    probe, calls = affine(base, per, limit)
+    probe, calls = affine(base, per, limit, measured_over=measured_over)
     result = search(probe, limit, upper=100_000)
     assert result.max_batch_size == answer
     assert len(calls) <= math.log2(answer) + 3, calls
@@ -49,3 +51,12 @@ def test_nothing_fits_and_upper_cap():
     probe, _ = affine(0, 1, 10**9)
     result = search(probe, 10**9, upper=64)
     assert result.max_batch_size == 64 and result.capped
+
+
+def test_plateau_at_small_batches_does_not_degrade_to_a_linear_scan():
+    # optimizer-bound peak: flat up to 64, then activations dominate
+    limit = 5_000_000
+    probe, calls = affine(0, 1, limit, noise=lambda b: max(3_000_000, 2_000_000 + 1_000 * b) - b)
+    result = search(probe, limit, upper=100_000)
+    assert result.max_batch_size == 3000
+    assert len(calls) <= (3000).bit_length() + 3, calls

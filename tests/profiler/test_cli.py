@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from profiler.runner import run_job
+from profiler.spec import JobSpec
+
+DATA = Path(__file__).parents[1] / "data"
+CLI = [sys.executable, "-m", "profiler.cli"]
+
+
+def test_run_minimal_spec_writes_the_contract(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        CLI + ["run", str(DATA / "minimal_spec.json"), "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["status"] == "succeeded" and result["id"] and result["spec"]["model"] == "bert-tiny"
+    rows = result["results"]
+    assert [(r["method"], r["batch_size"]) for r in rows] == [
+        ("full", 2),
+        ("full", 4),
+        ("wtacrs@0.3", 2),
+        ("wtacrs@0.3", 4),
+    ]
+    for r in rows:
+        assert r["mode"] == "cpu" and r["oom"] is False
+        assert r["peak_bytes"] > 0 and r["activation_bytes"] > 0 and r["tokens_per_s"] > 0
+    assert "wtacrs@0.3" in proc.stdout  # the table
+
+
+def test_bad_spec_exits_2_with_the_reason(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": "bert-tiny", "methods": ["magic"], "seq_len": 8, "batch_sizes": [1]}))
+    proc = subprocess.run(CLI + ["run", str(bad), "--out", str(tmp_path / "o.json")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "methods: Value error, method 'magic': unknown part 'magic'" in proc.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_a_hung_method_is_killed_and_recorded():
+    spec = JobSpec.model_validate({**json.loads((DATA / "minimal_spec.json").read_text()), "timeout_s": 0.5})
+    result = run_job(spec, isolate=True)
+    assert result["status"] == "failed"
+    assert len(result["errors"]) == 2 and all("timed out after 0.5 s" in e for e in result["errors"])

@@ -1,0 +1,72 @@
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from profiler.methods_grammar import parse_method
+from profiler.spec import JobSpec
+
+MINIMAL = json.loads((Path(__file__).parents[1] / "data" / "minimal_spec.json").read_text())
+
+
+def test_minimal_spec_is_accepted_as_written():
+    spec = JobSpec.model_validate(MINIMAL)
+    assert spec.model == "bert-tiny" and spec.methods == ["full", "wtacrs@0.3"] and spec.batch_sizes == [2, 4]
+
+
+def test_family_with_overrides():
+    spec = JobSpec.model_validate({**MINIMAL, "model": {"family": "llama", "overrides": {"hidden_size": 64}}})
+    assert spec.model_name == "llama"
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"model": "bert-huge"}, "unknown model preset 'bert-huge'; presets: \\["),
+        ({"model": {"family": "mamba"}}, "unknown model family 'mamba'; known families"),
+        ({"methods": ["wtacrs@1.5"]}, "ratio 1.5 is outside \\(0, 1\\]"),
+        ({"methods": ["sparse"]}, "unknown part 'sparse'"),
+        ({"methods": ["full", "full"]}, "methods repeat \\['full'\\]"),
+        ({"methods": []}, "at least 1 item"),
+        ({"measurements": ["speed"]}, "unknown measurements \\['speed'\\]; allowed"),
+        ({"batch_sizes": [0, 2]}, "batch_sizes \\[0\\] are outside"),
+        ({"batch_sizes": []}, "need batch_sizes"),
+        ({"device": "tpu"}, "'cuda', 'cpu' or 'estimate'"),
+        ({"dtype": "fp8"}, "'fp32', 'bf16' or 'fp16'"),
+        ({"device": "estimate"}, "cannot measure throughput"),
+        ({"device": "estimate", "measurements": ["max_batch_size"]}, "needs target_memory_gb"),
+        ({"device": "estimate", "measurements": ["fidelity"]}, "cannot measure fidelity"),
+        ({"measurements": ["max_batch_size"]}, "host memory has no hard limit"),
+        ({"dtype": "fp16"}, "'fp16' \\(autocast\\) is not supported on device 'cpu'"),
+        ({"seq_len": 0}, "greater than or equal to 1"),
+        ({"device": "estimate", "measurements": ["peak_memory"], "methods": ["velora"]}, "FakeTensorMode cannot trace"),
+        ({"batch_size": [2]}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(change, message):
+    with pytest.raises(ValidationError, match=message):
+        JobSpec.model_validate({**MINIMAL, **change})
+
+
+@pytest.mark.parametrize(
+    "text,adapter,sampler,ratio,ckpt",
+    [
+        ("full", None, None, None, False),
+        ("lora", "lora", None, None, False),
+        ("velora", "velora", None, None, False),
+        ("checkpointing", None, None, None, True),
+        ("lora+wtacrs@0.1", "lora", "wtacrs", 0.1, False),
+        ("LoRA + checkpointing".replace(" ", ""), "lora", None, None, True),
+        ("topk@.5", None, "topk", 0.5, False),
+    ],
+)
+def test_method_grammar(text, adapter, sampler, ratio, ckpt):
+    m = parse_method(text)
+    assert (m.adapter, m.sampler, m.ratio, m.checkpointing) == (adapter, sampler, ratio, ckpt)
+
+
+@pytest.mark.parametrize("text", ["lora+velora", "full+lora", "wtacrs@0.3+crs@0.3", "wtacrs", "wtacrs@0", ""])
+def test_method_grammar_errors(text):
+    with pytest.raises(ValueError, match="allowed"):
+        parse_method(text)
