@@ -44,7 +44,9 @@ def minilm_sst2(batch_size: int, seq_len: int, seed: int):
     def sample():
         pick = torch.randint(0, len(lines), (batch_size,), generator=rng).tolist()
         rows = [lines[i].rsplit("\t", 1) for i in pick]
-        enc = tok([r[0].strip() for r in rows], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        enc = tok(
+            [r[0].strip() for r in rows], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt"
+        )
         return {**enc, "labels": torch.tensor([int(r[1]) for r in rows])}
 
     return model, sample
@@ -55,7 +57,9 @@ def capture(model, inputs, patterns):
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and any(re.search(p, name) for p in patterns):
-            hooks.append(module.register_forward_hook(lambda m, a, o, n=name: data.setdefault(n, {}).update(x=a[0].detach())))
+            hooks.append(
+                module.register_forward_hook(lambda m, a, o, n=name: data.setdefault(n, {}).update(x=a[0].detach()))
+            )
             hooks.append(module.register_full_backward_hook(lambda m, gi, go, n=name: data[n].update(g=go[0].detach())))
     model.zero_grad(set_to_none=True)
     model(**inputs).loss.backward()
@@ -101,10 +105,10 @@ def main() -> None:
             "running": (xn * (per_pos + 0.2 * per_pos.mean())).reshape(-1),
             "oracle": (xn * torch.linalg.vector_norm(g.float(), dim=-1)).reshape(-1),
         }
-        rows.append(
-            (name, {s: {m: rel_error(x, g, w, k, m) for m in ("wta", "crs")} for s, w in sources.items()})
-        )
-    print(f"# fidelity {args.model}, batch {args.batch}, length {args.seq}, ratio {args.ratio}, {len(rows)} layers; {machine()}")
+        rows.append((name, {s: {m: rel_error(x, g, w, k, m) for m in ("wta", "crs")} for s, w in sources.items()}))
+    print(
+        f"# fidelity {args.model}, batch {args.batch}, length {args.seq}, ratio {args.ratio}, {len(rows)} layers; {machine()}"
+    )
     print(f"{'probability':<12}{'wta < crs':>12}{'median rel err wta':>22}{'median rel err crs':>22}")
     for s in ("activation", "running", "oracle"):
         wins = sum(r[s]["wta"] < r[s]["crs"] for _, r in rows)

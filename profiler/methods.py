@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import wtacrs
 
 from .methods_grammar import Method
@@ -13,7 +15,11 @@ _SAMPLER_METHOD = {"wtacrs": "wta", "crs": "crs", "topk": "topk"}
 
 def apply_method(model, family: str, method: Method, lora_r: int = 8):
     if method.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # newer transformers 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if method.adapter:
         import peft
 
@@ -21,7 +27,9 @@ def apply_method(model, family: str, method: Method, lora_r: int = 8):
         config = peft.LoraConfig(
             r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type=_PEFT_TASK[FAMILIES[family][2]], **extra
         )
-        model = peft.get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
+            warnings.simplefilter("ignore", FutureWarning)
+            model = peft.get_peft_model(model, config)
     if method.sampler:
         config = wtacrs.WTACRSConfig(ratio=method.ratio, method=_SAMPLER_METHOD[method.sampler])
         wtacrs.apply_wtacrs(model, config)
