@@ -110,3 +110,43 @@ def test_cpu_throughput_fields():
     assert row["timed_steps"] == 2 and row["step_time_min_s"] <= row["step_time_s"] <= row["step_time_max_s"]
     env = result["environment"]
     assert env["mode"] == "cpu" and env["torch_version"] and env["transformers_version"]
+
+
+def test_checkpointing_and_lora_change_what_is_kept():
+    result = job(model="bert-tiny", methods=["full", "checkpointing", "lora"], batch_sizes=[8], device="estimate")
+    full, ckpt, lora = result["results"]
+    assert ckpt["activation_bytes"] < full["activation_bytes"] / 2
+    assert lora["breakdown"]["optimizer_state"] < full["breakdown"]["optimizer_state"] / 10
+
+
+@pytest.mark.parametrize("device", ["cpu", "estimate"])
+def test_bf16_autocast(device):
+    result = job(model="bert-tiny", methods=["full", "wtacrs@0.3"], batch_sizes=[4], device=device, dtype="bf16")
+    assert result["status"] == "succeeded", result["errors"]
+    full, wta = result["results"]
+    assert wta["activation_bytes"] < full["activation_bytes"]
+
+
+@pytest.mark.cuda
+def test_cuda_minimal_spec_and_estimate_agreement():
+    kw = {"model": "bert-tiny", "methods": ["full", "wtacrs@0.3"], "batch_sizes": [8, 32]}
+    measured = job(device="cuda", measurements=["peak_memory", "throughput"], **kw)
+    assert measured["status"] == "succeeded", measured["errors"]
+    for row in measured["results"]:
+        assert row["reserved_bytes"] >= row["peak_bytes"] > 0 and row["tokens_per_s"] > 0
+    assert measured["environment"]["device_name"]
+
+
+@pytest.mark.cuda
+def test_cuda_max_batch_with_real_oom():
+    result = job(
+        model="bert-tiny",
+        methods=["full"],
+        device="cuda",
+        measurements=["max_batch_size"],
+        max_batch={"upper": 1 << 20, "headroom": 0.0},
+        seq_len=512,
+    )
+    row = result["max_batch"][0]
+    probes = {p["batch_size"]: p["fits"] for p in row["probes"]}
+    assert probes[row["max_batch_size"]] and not probes[row["max_batch_size"] + 1]

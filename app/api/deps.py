@@ -1,0 +1,96 @@
+"""Dependencies: the database session and who is calling (bearer tokens)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.models import Token
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.db.scope() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str  # admin | submit | worker | read | anonymous
+
+
+def get_principal(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+    header = request.headers.get("authorization")
+    if not header:
+        return Principal("anonymous", "anonymous")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Authorization must be 'Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if settings.admin_token and hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+        return Principal("admin", "admin")
+    found = session.execute(select(Token).where(Token.token_hash == hash_token(token))).scalar_one_or_none()
+    if found is None or found.revoked:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return Principal(found.name, found.role)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(*roles: str):
+    def check(principal: PrincipalDep) -> Principal:
+        if principal.role == "admin" or principal.role in roles:
+            return principal
+        if principal.role == "anonymous":
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                f"this needs a token with role {' or '.join(roles)}",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"role '{principal.role}' may not do this; needs {' or '.join(roles)}"
+        )
+
+    return check
+
+
+def reader(principal: PrincipalDep, settings: SettingsDep) -> Principal:
+    if settings.open_reads or principal.role != "anonymous":
+        return principal
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "reads need a token (WTACRS_OPEN_READS is off)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+Submitter = Annotated[Principal, Depends(require("submit"))]
+WorkerAuth = Annotated[Principal, Depends(require("worker"))]
+Admin = Annotated[Principal, Depends(require())]
+Reader = Annotated[Principal, Depends(reader)]

@@ -1,0 +1,122 @@
+"""Jobs: submit, list, read, cancel, re-run, events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import func, select
+
+from app import queue
+from app.api.deps import Reader, SessionDep, SettingsDep, Submitter
+from app.models import Job, JobEvent, ResultRow
+from app.schemas import EventPublic, JobList, JobPublic, JobSummary
+from profiler.spec import JobSpec
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+def new_job(session, spec: JobSpec, who: str, priority: int, max_attempts: int) -> Job:
+    job = Job(
+        id=uuid.uuid4().hex[:12],
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        model=spec.model_name,
+        device=spec.device,
+        dtype=spec.dtype,
+        priority=priority,
+        max_attempts=max_attempts,
+        submitted_by=who,
+    )
+    session.add(job)
+    session.flush()
+    queue.record(session, job.id, "created", who)
+    return job
+
+
+def get_job(session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+    return job
+
+
+def public(session, job: Job) -> JobPublic:
+    rows = session.execute(select(ResultRow.data).where(ResultRow.job_id == job.id).order_by(ResultRow.id)).scalars()
+    outcome = job.outcome or {}
+    return JobPublic(
+        **JobSummary.model_validate(job).model_dump(),
+        spec=job.spec,
+        cancel_requested=job.cancel_requested,
+        results=list(rows),
+        max_batch=outcome.get("max_batch") or [],
+        fidelity=outcome.get("fidelity") or [],
+        environment=outcome.get("environment"),
+        errors=outcome.get("errors") or [],
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(
+    spec: JobSpec, session: SessionDep, who: Submitter, settings: SettingsDep, priority: int = Query(0, ge=-100, le=100)
+) -> JobPublic:
+    """Queue a profiling job. The body is the job spec itself (see the README)."""
+    return public(session, new_job(session, spec, who.name, priority, settings.max_attempts))
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    _: Reader,
+    status_: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = Query(None, alias="status"),
+    model: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> JobList:
+    where = [
+        c
+        for c in (
+            Job.status == status_ if status_ else None,
+            Job.model == model if model else None,
+            Job.device == device if device else None,
+            Job.dtype == dtype if dtype else None,
+        )
+        if c is not None
+    ]
+    total = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
+    jobs = session.execute(
+        select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    ).scalars()
+    return JobList(items=[JobSummary.model_validate(j) for j in jobs], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, session: SessionDep, _: Reader) -> JobPublic:
+    return public(session, get_job(session, job_id))
+
+
+@router.get("/{job_id}/events", response_model=list[EventPublic])
+def job_events(job_id: str, session: SessionDep, _: Reader) -> list[JobEvent]:
+    get_job(session, job_id)
+    return list(session.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).scalars())
+
+
+@router.post("/{job_id}/cancel", response_model=JobSummary)
+def cancel_job(job_id: str, session: SessionDep, who: Submitter) -> Job:
+    """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat."""
+    job = get_job(session, job_id)
+    queue.request_cancel(session, job, who.name)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def rerun_job(job_id: str, session: SessionDep, who: Submitter, settings: SettingsDep) -> JobPublic:
+    old = get_job(session, job_id)
+    job = new_job(session, JobSpec.model_validate(old.spec), who.name, old.priority, settings.max_attempts)
+    queue.record(session, job.id, "rerun_of", who.name, detail=old.id)
+    return public(session, job)

@@ -1,0 +1,23 @@
+"""One Settings object, from the environment (WTACRS_*) or a .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WTACRS_", env_file=".env", extra="ignore")
+
+    database_url: str = Field("sqlite:///./wtacrs.db", validation_alias="DATABASE_URL")
+    admin_token: str | None = None  # WTACRS_ADMIN_TOKEN: may do everything; never stored
+    open_reads: bool = True  # GET endpoints without a token (set false to require one)
+    lease_seconds: float = Field(60.0, gt=0)  # a claimed job returns to the queue this long after the last heartbeat
+    max_attempts: int = Field(3, ge=1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,66 @@
+"""The FastAPI application: migrations at start, routes, clean errors."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from app.api.routes import jobs, results, tokens, workers
+from app.config import Settings, get_settings
+from app.db import Database
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def migrate(db: Database) -> None:
+    """alembic upgrade head, on this database."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "app" / "migrations"))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    db = Database(settings.database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        migrate(db)
+        yield
+        db.engine.dispose()
+
+    app = FastAPI(
+        title="WTA-CRS profiler",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Queue profiling jobs, read their results, compare methods.",
+    )
+    app.state.settings, app.state.db = settings, db
+    for router in (jobs.router, workers.router, results.router, tokens.router):
+        app.include_router(router)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(request: Request, exc: OperationalError):
+        return JSONResponse({"detail": "database unavailable; try again shortly"}, status_code=503)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _db_error(request: Request, exc: SQLAlchemyError):
+        return JSONResponse({"detail": f"database error ({type(exc).__name__}); nothing was changed"}, status_code=500)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        with db.scope() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok", "database": db.engine.dialect.name}
+
+    return app

@@ -1,0 +1,120 @@
+"""API schemas, split as Create / Public / List. The job spec itself is profiler.spec.JobSpec."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from profiler.spec import JobSpec
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: JobSpec
+    priority: int = Field(0, ge=-100, le=100)
+
+
+class JobSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    status: str
+    model: str
+    device: str
+    dtype: str
+    priority: int
+    attempts: int
+    progress: float
+    progress_message: str | None
+    submitted_by: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    error: str | None
+
+
+class JobPublic(JobSummary):
+    spec: dict
+    cancel_requested: bool
+    results: list[dict] = []
+    max_batch: list[dict] = []
+    fidelity: list[dict] = []
+    environment: dict | None = None
+    errors: list[str] = []
+
+
+class JobList(BaseModel):
+    items: list[JobSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    at: dt.datetime
+    kind: str
+    actor: str
+    attempt: int
+    detail: str | None
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: str = Field(pattern=r"^(submit|worker|read)$", description="submit | worker | read")
+
+
+class TokenPublic(BaseModel):
+    name: str
+    role: str
+    token: str | None = None  # only in the response that created it
+
+
+class WorkerRegister(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    device_name: str | None = Field(None, max_length=128)
+    device_memory_bytes: int | None = Field(None, ge=0)
+
+
+class WorkerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    device_name: str | None
+    device_memory_bytes: int | None
+    last_seen: dt.datetime
+
+
+class Claimed(BaseModel):
+    job_id: str
+    attempt: int
+    spec: dict
+    lease_seconds: float
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempt: int = Field(ge=1)
+    progress: float | None = Field(None, ge=0, le=1)
+    message: str | None = Field(None, max_length=500)
+
+
+class HeartbeatReply(BaseModel):
+    cancel: bool
+    lease_seconds: float
+
+
+class AttemptResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempt: int = Field(ge=1)
+    result: dict
+
+
+class AttemptFailure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempt: int = Field(ge=1)
+    error: str = Field(max_length=20000)
+    retryable: bool = Field(description="infrastructure errors are retried; a bad spec is final")
+    cancelled: bool = False

@@ -1,0 +1,1 @@
+"""Measurement engine: job spec, model zoo, memory/throughput/fidelity trials, runner, CLI."""
