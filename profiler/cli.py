@@ -104,6 +104,106 @@ def run(
     raise typer.Exit(0 if result["status"] == "succeeded" else 1)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 8000,
+    db: Annotated[
+        str | None, typer.Option(help="database URL (default: DATABASE_URL or sqlite:///./wtacrs.db)")
+    ] = None,
+    worker: Annotated[bool, typer.Option(help="also start one local worker")] = True,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open the browser once up")] = False,
+) -> None:
+    """Start the API (migrations applied first) and, unless --no-worker, one local worker."""
+    import os
+    import secrets
+    import subprocess
+    import threading
+    import webbrowser
+
+    import uvicorn
+
+    if db:
+        os.environ["DATABASE_URL"] = db
+    token = os.environ.get("WTACRS_ADMIN_TOKEN")
+    if not token:
+        token = os.environ["WTACRS_ADMIN_TOKEN"] = "local_" + secrets.token_urlsafe(24)
+        console.print(f"admin token for this session (set WTACRS_ADMIN_TOKEN to choose one): [bold]{token}[/bold]")
+    from app.main import create_app
+
+    url = f"http://{host}:{port}"
+    child = None
+    if worker:  # a separate process: the server never imports torch
+        env = {**os.environ, "WTACRS_TOKEN": token}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "profiler.cli", "worker", "--api", url, "--name", "local"], env=env
+        )
+    if open_browser:
+        threading.Timer(2.0, webbrowser.open, args=(url + "/",)).start()
+    console.print(f"serving on {url}  (API docs: {url}/docs)")
+    try:
+        uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+    finally:
+        if child is not None:
+            child.terminate()
+            child.wait(timeout=30)
+
+
+@app.command("worker")
+def worker_cmd(
+    api: Annotated[str, typer.Option(help="server URL, e.g. http://gpu-server:8000")],
+    token: Annotated[str | None, typer.Option(help="worker token (or set WTACRS_TOKEN)")] = None,
+    name: Annotated[str | None, typer.Option(help="shown in the server's worker list")] = None,
+    once: Annotated[bool, typer.Option(help="run at most one job, then exit")] = False,
+    poll: Annotated[float, typer.Option(help="seconds between claims when the queue is empty")] = 2.0,
+) -> None:
+    """Claim jobs from a server and run them here, until stopped."""
+    import logging
+    import os
+
+    from .worker import serve_forever
+
+    token = token or os.environ.get("WTACRS_TOKEN")
+    if not token:
+        console.print("[red]a worker needs a token: --token T or WTACRS_TOKEN[/red]")
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the job log
+    serve_forever(api, token, name=name, poll_s=poll, once=once)
+
+
+@app.command()
+def submit(
+    spec: Annotated[str, typer.Argument(help="job spec JSON file, or - for stdin")],
+    api: Annotated[str, typer.Option(help="server URL")],
+    token: Annotated[str | None, typer.Option(help="submit token (or set WTACRS_TOKEN)")] = None,
+) -> None:
+    """Submit a job to a server and print its id."""
+    import os
+
+    import httpx
+
+    job = load_spec(spec)
+    token = token or os.environ.get("WTACRS_TOKEN")
+    if not token:
+        console.print("[red]submitting needs a token: --token T or WTACRS_TOKEN[/red]")
+        raise typer.Exit(2)
+    try:
+        r = httpx.post(
+            api.rstrip("/") + "/api/jobs",
+            json=job.model_dump(mode="json"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.TransportError as err:
+        console.print(f"[red]cannot reach {api}: {err}[/red]")
+        raise typer.Exit(1) from None
+    if r.status_code != 201:
+        console.print(f"[red]server refused the job ({r.status_code}): {r.text[:1000]}[/red]")
+        raise typer.Exit(1)
+    print(r.json()["id"])
+
+
 def main() -> None:
     app()
 

@@ -46,7 +46,19 @@ def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -
         emit({"kind": "fidelity", "data": trials.fidelity_rows(spec, method, min(spec.batch_sizes))})
 
 
+def _die_with_parent() -> None:
+    """Linux: a measurement process must not outlive a worker that was killed -9."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(spec_json: str, method_name: str, q) -> None:
+    _die_with_parent()
     try:
         run_method(spec_json, method_name, q.put)
     except BaseException as err:  # report, then die: the parent records it against the method
@@ -100,7 +112,9 @@ def run_job(
                 progress(done, total, f"{method_name}: {kind} done")
 
         if isolate:
-            _run_isolated(spec, method_name, handle)
+            if _run_isolated(spec, method_name, handle, should_cancel) == "cancelled":
+                result["status"] = "cancelled"
+                break
         else:
             try:
                 run_method(spec.model_dump_json(), method_name, handle)
@@ -112,33 +126,43 @@ def run_job(
     return result
 
 
-def _run_isolated(spec: JobSpec, method_name: str, handle: Callable[[dict], None]) -> None:
+def _run_isolated(
+    spec: JobSpec, method_name: str, handle: Callable[[dict], None], should_cancel: Callable[[], bool] | None = None
+) -> str:
+    """Run one method in a child; returns "done", "failed" or "cancelled"."""
     ctx = mp.get_context("spawn")  # fork would inherit CUDA state and locks
     q = ctx.Queue()
     proc = ctx.Process(target=_child, args=(spec.model_dump_json(), method_name, q), daemon=True)
     proc.start()
     deadline = time.monotonic() + spec.timeout_s
-    finished = False
-    while not finished:
+    outcome = "running"
+    while outcome == "running":
         try:
             event = q.get(timeout=0.5)
         except queue_mod.Empty:
+            if should_cancel and should_cancel():
+                proc.kill()
+                outcome = "cancelled"
+                break
             if not proc.is_alive():
                 code = proc.exitcode
                 why = f"killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
                 if code == -9:
                     why += " (often the kernel's out-of-memory killer)"
                 handle({"kind": "error", "data": f"measurement process {why} before finishing"})
+                outcome = "failed"
                 break
             if time.monotonic() > deadline:
                 proc.kill()
                 handle({"kind": "error", "data": f"timed out after {spec.timeout_s:g} s (timeout_s) and was killed"})
+                outcome = "failed"
                 break
             continue
         if event["kind"] == "done":
-            finished = True
+            outcome = "done"
         else:
             handle(event)
     proc.join(timeout=10)
     if proc.is_alive():
         proc.kill()
+    return outcome
