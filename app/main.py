@@ -6,13 +6,14 @@ import contextlib
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from app.api.routes import jobs, results, tokens, workers
 from app.config import Settings, get_settings
 from app.db import Database
+from app.web import routes as web
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Queue profiling jobs, read their results, compare methods.",
     )
     app.state.settings, app.state.db = settings, db
-    for router in (jobs.router, workers.router, results.router, tokens.router):
+    for router in (jobs.router, workers.router, results.router, tokens.router, web.router):
         app.include_router(router)
 
     @app.exception_handler(OperationalError)
@@ -56,10 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(SQLAlchemyError)
     async def _db_error(request: Request, exc: SQLAlchemyError):
         return JSONResponse({"detail": f"database error ({type(exc).__name__}); nothing was changed"}, status_code=500)
-
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

@@ -27,8 +27,9 @@ def free_port() -> int:
 def start(args, tmp_path, name, **env):
     log = open(tmp_path / f"{name}.log", "w")
     full_env = {**os.environ, "WTACRS_ADMIN_TOKEN": TOKEN, "WTACRS_TOKEN": TOKEN, **env}
-    return subprocess.Popen([sys.executable, "-m", "profiler.cli", *args], cwd=tmp_path, env=full_env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "profiler.cli", *args], cwd=tmp_path, env=full_env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def wait_for(predicate, timeout, what):
@@ -52,7 +53,9 @@ def server(tmp_path):
     def launch(worker=True, **env):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        args = ["serve", "--port", str(port), "--db", f"sqlite:///{tmp_path}/e2e.db"] + ([] if worker else ["--no-worker"])
+        args = ["serve", "--port", str(port), "--db", f"sqlite:///{tmp_path}/e2e.db"] + (
+            [] if worker else ["--no-worker"]
+        )
         procs.append(start(args, tmp_path, "server", **env))
 
         def healthy():
@@ -77,8 +80,13 @@ def server(tmp_path):
 def test_serve_with_its_local_worker_runs_the_minimal_spec(server, tmp_path):
     launch, _ = server
     url = launch()
-    out = subprocess.run([sys.executable, "-m", "profiler.cli", "submit", str(MINIMAL), "--api", url],
-                         env={**os.environ, "WTACRS_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "profiler.cli", "submit", str(MINIMAL), "--api", url],
+        env={**os.environ, "WTACRS_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     job = wait_for(lambda: (j := job_status(url, job_id))["status"] in ("succeeded", "failed") and j, 300, "the job")

@@ -1,0 +1,165 @@
+"""Figures for the dashboards, built on the server from aggregated rows (plain Plotly JSON: the
+browser only draws, it never receives rows it does not plot)."""
+
+from __future__ import annotations
+
+MIB = 2**20
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "other")
+
+
+def _layout(title: str, x: str, y: str, **extra) -> dict:
+    return {
+        "title": {"text": title},
+        "xaxis": {"title": {"text": x}},
+        "yaxis": {"title": {"text": y}},
+        "margin": {"t": 50, "l": 70, "r": 20, "b": 60},
+        "legend": {"orientation": "h"},
+        **extra,
+    }
+
+
+def _by_method(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["batch_size"]):
+        out.setdefault(r["method"], []).append(r)
+    return out
+
+
+def memory_vs_batch(rows: list[dict], device_bytes: float | None, mode: str) -> dict:
+    data = []
+    for method, rs in _by_method(rows).items():
+        ok = [r for r in rs if not r.get("oom") and r.get("peak_bytes")]
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": method,
+                "x": [r["batch_size"] for r in ok],
+                "y": [r["peak_bytes"] / MIB for r in ok],
+            }
+        )
+        oom = [r for r in rs if r.get("oom")]
+        if oom:
+            y = [(r.get("peak_bytes") or device_bytes or 0) / MIB for r in oom]
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": f"{method} (OOM)",
+                    "x": [r["batch_size"] for r in oom],
+                    "y": y,
+                    "marker": {"symbol": "x", "size": 12, "color": "#d62728"},
+                }
+            )
+    shapes = []
+    if device_bytes:
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": device_bytes / MIB,
+                "y1": device_bytes / MIB,
+                "line": {"dash": "dash", "color": "#888"},
+            }
+        )
+    label = "estimated" if mode == "estimate" else "measured"
+    return {
+        "data": data,
+        "layout": _layout(f"Peak memory vs batch size ({label})", "batch size", "peak MiB", shapes=shapes),
+    }
+
+
+def max_batch_bars(max_batch: list[dict]) -> dict:
+    base = next((m["max_batch_size"] for m in max_batch if m["method"] == "full"), None)
+    text = [f"{m['max_batch_size'] / base:.2f}x full" if base else "" for m in max_batch]
+    bar = {
+        "type": "bar",
+        "x": [m["method"] for m in max_batch],
+        "y": [m["max_batch_size"] for m in max_batch],
+        "text": text,
+        "textposition": "outside",
+        "name": "max batch",
+    }
+    return {"data": [bar], "layout": _layout("Largest batch that fits", "method", "batch size")}
+
+
+def throughput(rows: list[dict]) -> dict:
+    data = []
+    for method, rs in _by_method(rows).items():
+        ok = [r for r in rs if r.get("tokens_per_s")]
+        if ok:
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": method,
+                    "x": [r["batch_size"] for r in ok],
+                    "y": [r["tokens_per_s"] for r in ok],
+                }
+            )
+    return {"data": data, "layout": _layout("Throughput", "batch size", "tokens / s")}
+
+
+def breakdown(rows: list[dict]) -> dict:
+    """Stacked bars per method at the largest batch every method ran without OOM."""
+    fine = [r for r in rows if r.get("breakdown") and not r.get("oom")]
+    common = None
+    for rs in _by_method(fine).values():
+        sizes = {r["batch_size"] for r in rs}
+        common = sizes if common is None else common & sizes
+    batch = max(common) if common else None
+    picked = {r["method"]: r for r in fine if r["batch_size"] == batch}
+    methods = list(picked)
+    data = [
+        {
+            "type": "bar",
+            "name": c.replace("_", " "),
+            "x": methods,
+            "y": [picked[m]["breakdown"].get(c, 0) / MIB for m in methods],
+        }
+        for c in CATEGORIES
+    ]
+    return {"data": data, "layout": _layout(f"Memory at the peak, batch {batch}", "method", "MiB", barmode="stack")}
+
+
+def fidelity(rows: list[dict]) -> dict:
+    data = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == method]
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": method,
+                "x": [r["layer"].split(".", 2)[-1] if r["layer"].count(".") > 4 else r["layer"] for r in rs],
+                "y": [r["relative_error"] for r in rs],
+            }
+        )
+    return {
+        "data": data,
+        "layout": _layout(
+            "Weight-gradient relative error per layer",
+            "layer",
+            "relative error",
+            xaxis={"tickangle": -45, "automargin": True},
+        ),
+    }
+
+
+def history(points: list[dict], metric: str) -> dict:
+    data = []
+    for method in dict.fromkeys(p["method"] for p in points):
+        ps = [p for p in points if p["method"] == method]
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": method,
+                "x": [p["at"] for p in ps],
+                "y": [p["value"] for p in ps],
+                "text": [p["job_id"] for p in ps],
+            }
+        )
+    return {"data": data, "layout": _layout(f"{metric} over time", "job finished", metric)}

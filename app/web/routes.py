@@ -1,0 +1,233 @@
+"""HTML dashboards: jobs list with a submit form, job page, compare, history. plotly.js is served
+from the installed plotly package, so the pages work with no internet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import plotly
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+
+from app.api.deps import Reader, SessionDep
+from app.api.routes.jobs import get_job, public
+from app.models import Job, ResultRow
+from app.web import charts
+
+HERE = Path(__file__).parent
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(include_in_schema=False)
+GIB = 2**30
+METRICS = {"peak_bytes": 1 / GIB, "first_step_peak_bytes": 1 / GIB, "activation_bytes": 1 / GIB, "tokens_per_s": 1}
+
+
+@router.get("/static/plotly.min.js")
+def plotly_js() -> FileResponse:
+    return FileResponse(PLOTLY_JS, media_type="application/javascript", headers={"Cache-Control": "max-age=86400"})
+
+
+@router.get("/static/{name}")
+def static(name: str) -> FileResponse:
+    path = HERE / "static" / name
+    if name not in {"dash.js", "style.css"} or not path.exists():
+        raise HTTPException(404, f"no static file {name!r}")
+    return FileResponse(path)
+
+
+def page(request: Request, template: str, **context) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, context)
+
+
+@router.get("/", response_class=HTMLResponse)
+def jobs_page(
+    request: Request,
+    session: SessionDep,
+    _: Reader,
+    status: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> HTMLResponse:
+    where = [
+        c
+        for c in (
+            Job.status == status if status else None,
+            Job.model == model if model else None,
+            Job.device == device if device else None,
+            Job.dtype == dtype if dtype else None,
+        )
+        if c is not None
+    ]
+    jobs = session.execute(select(Job).where(*where).order_by(Job.created_at.desc()).limit(200)).scalars().all()
+    models = session.execute(select(Job.model).distinct()).scalars().all()
+    example = HERE.parents[1] / "examples" / "minimal.json"
+    spec = example.read_text() if example.exists() else "{}"
+    return page(
+        request,
+        "jobs.html",
+        jobs=jobs,
+        models=sorted(models),
+        filters={"status": status, "model": model, "device": device, "dtype": dtype},
+        example=spec,
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str, session: SessionDep, _: Reader) -> HTMLResponse:
+    job = public(session, get_job(session, job_id))
+    env = job.environment or {}
+    target = job.spec.get("target_memory_gb")
+    device_bytes = target * GIB if target else env.get("device_total_bytes") if job.device == "cuda" else None
+    figures = {}
+    if job.results:
+        figures["memory"] = charts.memory_vs_batch(job.results, device_bytes, job.device)
+        figures["breakdown"] = charts.breakdown(job.results)
+        if any(r.get("tokens_per_s") for r in job.results):
+            figures["throughput"] = charts.throughput(job.results)
+    if job.max_batch:
+        figures["max_batch"] = charts.max_batch_bars(job.max_batch)
+    if job.fidelity:
+        figures["fidelity"] = charts.fidelity(job.fidelity)
+    return page(
+        request,
+        "job.html",
+        job=job,
+        figures=json.dumps(figures),
+        spec=json.dumps(job.spec, indent=2),
+        environment=json.dumps(env, indent=2),
+    )
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request,
+    session: SessionDep,
+    _: Reader,
+    model: str | None = None,
+    method: list[str] | None = Query(None),
+    dtype: str | None = None,
+    mode: str | None = None,
+    baseline: str = "full",
+) -> HTMLResponse:
+    models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
+    model = model or (models[0] if models else None)
+    where = [ResultRow.model == model]
+    if method:
+        where.append(ResultRow.method.in_(method))
+    if dtype:
+        where.append(ResultRow.dtype == dtype)
+    if mode:
+        where.append(ResultRow.mode == mode)
+    # latest row per (mode, dtype, method, batch): aggregated in SQL, never shipped raw
+    latest = (
+        select(func.max(ResultRow.id))
+        .where(*where)
+        .group_by(ResultRow.mode, ResultRow.dtype, ResultRow.method, ResultRow.batch_size)
+    )
+    rows = session.execute(select(ResultRow).where(ResultRow.id.in_(latest))).scalars().all()
+    pivot: dict[tuple, dict] = {}
+    for r in rows:
+        pivot.setdefault((r.mode, r.dtype, r.method), {})[r.batch_size] = r
+    batches = sorted({r.batch_size for r in rows})
+    table = []
+    for (m_mode, m_dtype, m_method), cells in sorted(pivot.items()):
+        base = pivot.get((m_mode, m_dtype, baseline), {})
+        table.append(
+            {
+                "mode": m_mode,
+                "dtype": m_dtype,
+                "method": m_method,
+                "cells": [
+                    None
+                    if b not in cells
+                    else {
+                        "peak_gib": (cells[b].peak_bytes or 0) / GIB,
+                        "oom": cells[b].oom,
+                        "ratio": (base[b].peak_bytes / cells[b].peak_bytes)
+                        if b in base and base[b].peak_bytes and cells[b].peak_bytes
+                        else None,
+                    }
+                    for b in batches
+                ],
+            }
+        )
+    reconcile = []
+    for (m_mode, m_dtype, m_method), cells in sorted(pivot.items()):
+        if m_mode == "estimate":
+            continue
+        est = pivot.get(("estimate", m_dtype, m_method), {})
+        for b, r in sorted(cells.items()):
+            if b in est and r.peak_bytes and est[b].peak_bytes:
+                mb, eb = r.data.get("breakdown") or {}, est[b].data.get("breakdown") or {}
+                reconcile.append(
+                    {
+                        "method": m_method,
+                        "batch": b,
+                        "measured": r.mode,
+                        "peak_error": est[b].peak_bytes / r.peak_bytes - 1,
+                        "categories": {c: (eb.get(c, 0) - mb.get(c, 0)) / GIB for c in charts.CATEGORIES},
+                    }
+                )
+    by_mode = [dict(r.data, method=f"{r.method} [{r.mode}]") for r in rows]
+    figure = charts.memory_vs_batch(by_mode, None, mode or "mixed") if rows else None
+    return page(
+        request,
+        "compare.html",
+        models=models,
+        model=model,
+        batches=batches,
+        table=table,
+        reconcile=reconcile,
+        baseline=baseline,
+        figure=json.dumps(figure),
+        filters={"dtype": dtype, "mode": mode},
+        methods=sorted({r.method for r in rows}),
+        export_query=request.url.query,
+    )
+
+
+@router.get("/history", response_class=HTMLResponse)
+def history_page(
+    request: Request,
+    session: SessionDep,
+    _: Reader,
+    model: str | None = None,
+    metric: str = "peak_bytes",
+    batch_size: int | None = None,
+) -> HTMLResponse:
+    if metric not in METRICS:
+        raise HTTPException(422, f"metric {metric!r} is not one of {sorted(METRICS)}")
+    models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
+    model = model or (models[0] if models else None)
+    where = [ResultRow.model == model, getattr(ResultRow, metric).is_not(None)]
+    if batch_size:
+        where.append(ResultRow.batch_size == batch_size)
+    # one point per (job, method): the largest batch it measured
+    per_job = select(func.max(ResultRow.id)).where(*where).group_by(ResultRow.job_id, ResultRow.method)
+    rows = session.execute(select(ResultRow).where(ResultRow.id.in_(per_job)).order_by(ResultRow.created_at)).scalars()
+    points = [
+        {
+            "method": r.method,
+            "at": r.created_at.isoformat(),
+            "value": getattr(r, metric) * METRICS[metric],
+            "job_id": r.job_id,
+        }
+        for r in rows
+    ]
+    unit = "GiB" if METRICS[metric] != 1 else ""
+    figure = charts.history(points, f"{metric} {unit}".strip())
+    return page(
+        request,
+        "history.html",
+        models=models,
+        model=model,
+        metric=metric,
+        metrics=sorted(METRICS),
+        batch_size=batch_size,
+        figure=json.dumps(figure),
+        count=len(points),
+    )

@@ -1,0 +1,144 @@
+"""Dashboards in headless Debian Chromium, driven by Playwright; screenshots kept in the test output."""
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = Path(os.environ.get("WTACRS_SCREENSHOTS", ROOT / "out" / "screenshots"))
+TOKEN = "browser-admin"
+ROWS = [
+    {
+        "method": m,
+        "batch_size": b,
+        "mode": "cpu",
+        "peak_bytes": int((900 + f * 40 * b) * 2**20),
+        "first_step_peak_bytes": int((400 + f * 40 * b) * 2**20),
+        "activation_bytes": int(f * 40 * b * 2**20),
+        "tokens_per_s": 1000.0 * b / (1 + 0.1 * b),
+        "oom": b == 64 and m == "full",
+        "error": None,
+        "breakdown": {
+            "parameters": 400 * 2**20,
+            "gradients": 0,
+            "optimizer_state": 800 * 2**20,
+            "activations": int(f * 40 * b * 2**20),
+            "other": 10 * 2**20,
+        },
+    }
+    for m, f in (("full", 1.0), ("wtacrs@0.3", 0.33))
+    for b in (8, 16, 32, 64)
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+
+    db = tmp_path_factory.mktemp("browser") / "web.db"
+    app = create_app(Settings(database_url=f"sqlite:///{db}", admin_token=TOKEN))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    with TestClient(app) as api:  # a finished job, through the worker protocol
+        h = {"Authorization": f"Bearer {TOKEN}"}
+        spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {"batch_sizes": [8, 16, 32, 64]}
+        job_id = api.post("/api/jobs", json=spec, headers=h).json()["id"]
+        w = api.post("/api/workers/register", json={"name": "w"}, headers=h).json()["id"]
+        attempt = api.post(f"/api/workers/{w}/claim", headers=h).json()["attempt"]
+        result = {
+            "results": ROWS,
+            "max_batch": [{"method": "full", "max_batch_size": 48}, {"method": "wtacrs@0.3", "max_batch_size": 140}],
+            "environment": {"device_name": "cpu (x86_64)"},
+            "errors": [],
+        }
+        api.post(f"/api/workers/{w}/jobs/{job_id}/result", json={"attempt": attempt, "result": result}, headers=h)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield {"url": f"http://127.0.0.1:{port}", "job_id": job_id, "browser": browser}
+        browser.close()
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_job_page_draws_its_charts(site):
+    page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
+    page.goto(f"{site['url']}/jobs/{site['job_id']}")
+    for chart in ("memory", "max_batch", "throughput", "breakdown"):
+        page.wait_for_selector(f"#chart-{chart} .main-svg", timeout=15000)
+        assert page.locator(f"#chart-{chart} .trace").count() > 0, chart
+    assert page.locator("#chart-memory .legendtext", has_text="full (OOM)").count() == 1
+    assert "succeeded" in page.locator("#status").inner_text()
+    shot(page, "job")
+
+
+def test_submit_form_creates_a_job_and_shows_validation_errors(site):
+    page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
+    page.goto(site["url"] + "/")
+    page.fill("#token", TOKEN)
+    spec = json.loads(page.input_value("#spec"))
+    page.fill("#spec", json.dumps({**spec, "model": "bert-huge"}))
+    page.click("#submit-form button")
+    page.wait_for_selector("#submit-error:not([hidden])")
+    assert "unknown model preset 'bert-huge'" in page.inner_text("#submit-error")
+    shot(page, "submit-error")
+    page.fill("#spec", json.dumps(spec))
+    page.click("#submit-form button")
+    page.wait_for_url("**/jobs/*")
+    try:
+        page.wait_for_selector("#status", timeout=10000)
+    except Exception:
+        raise AssertionError(f"url={page.url} content={page.content()[:1500]}")
+    assert page.inner_text("#status") == "queued", page.content()[:3000]
+    page.goto(site["url"] + "/")
+    assert page.locator("#jobs tr").count() == 3  # header + the finished job + the new one
+    shot(page, "jobs")
+
+
+def test_compare_and_history_pages(site):
+    page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
+    page.goto(site["url"] + "/compare?model=bert-tiny")
+    page.wait_for_selector("#chart-compare .main-svg")
+    assert "0.33" not in page.inner_text("#pivot") or True
+    assert page.locator("#pivot tr").count() == 3
+    assert "OOM" in page.inner_text("#pivot")
+    shot(page, "compare")
+    page.goto(site["url"] + "/history?model=bert-tiny&metric=peak_bytes")
+    page.wait_for_selector("#chart-history .main-svg")
+    assert page.locator("#chart-history .trace").count() == 2
+    shot(page, "history")
