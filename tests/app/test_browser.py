@@ -120,11 +120,8 @@ def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page.fill("#spec", json.dumps(spec))
     page.click("#submit-form button")
     page.wait_for_url("**/jobs/*")
-    try:
-        page.wait_for_selector("#status", timeout=10000)
-    except Exception:
-        raise AssertionError(f"url={page.url} content={page.content()[:1500]}")
-    assert page.inner_text("#status") == "queued", page.content()[:3000]
+    page.wait_for_selector("#status")  # the job exists as soon as the 201 arrives (committed first)
+    assert page.inner_text("#status") == "queued"
     page.goto(site["url"] + "/")
     assert page.locator("#jobs tr").count() == 3  # header + the finished job + the new one
     shot(page, "jobs")
@@ -134,7 +131,6 @@ def test_compare_and_history_pages(site):
     page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
     page.goto(site["url"] + "/compare?model=bert-tiny")
     page.wait_for_selector("#chart-compare .main-svg")
-    assert "0.33" not in page.inner_text("#pivot") or True
     assert page.locator("#pivot tr").count() == 3
     assert "OOM" in page.inner_text("#pivot")
     shot(page, "compare")
