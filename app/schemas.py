@@ -75,7 +75,7 @@ class WorkerRegister(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128)
     device_name: str | None = Field(None, max_length=128)
-    device_memory_bytes: int | None = Field(None, ge=0)
+    device_memory_bytes: int | None = Field(None, ge=0, le=2**62)
 
 
 class WorkerPublic(BaseModel):
@@ -96,7 +96,7 @@ class Claimed(BaseModel):
 
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=1_000_000)
     progress: float | None = Field(None, ge=0, le=1)
     message: str | None = Field(None, max_length=500)
 
@@ -108,13 +108,13 @@ class HeartbeatReply(BaseModel):
 
 class AttemptResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=1_000_000)
     result: dict
 
 
 class AttemptFailure(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=1_000_000)
     error: str = Field(max_length=20000)
     retryable: bool = Field(description="infrastructure errors are retried; a bad spec is final")
     cancelled: bool = False

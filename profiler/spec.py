@@ -48,7 +48,7 @@ class JobSpec(BaseModel):
     target_memory_gb: float | None = Field(None, gt=0, description="estimate mode: device memory to fit in (GiB)")
     steps: int = Field(3, ge=1, le=1000)
     warmup: int = Field(1, ge=0, le=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     lora_r: int = Field(8, ge=1, le=1024)
     max_batch: MaxBatchSpec = Field(default_factory=MaxBatchSpec)
     timeout_s: float = Field(1800, gt=0, le=86400, description="per method, in the child process")

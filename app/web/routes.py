@@ -197,7 +197,7 @@ def history_page(
     _: Reader,
     model: str | None = None,
     metric: str = "peak_bytes",
-    batch_size: int | None = None,
+    batch_size: int | None = Query(None, ge=1, le=1_000_000),
 ) -> HTMLResponse:
     if metric not in METRICS:
         raise HTTPException(422, f"metric {metric!r} is not one of {sorted(METRICS)}")

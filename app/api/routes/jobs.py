@@ -74,7 +74,7 @@ def list_jobs(
     device: str | None = None,
     dtype: str | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=1_000_000_000),
 ) -> JobList:
     where = [
         c

@@ -65,7 +65,7 @@ class Filters:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = Query(1000, ge=1, le=100_000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000_000),
     ):
         self.model = model
         self.args = (model, method, device, dtype, mode, since, until, limit, offset)
