@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -33,25 +34,34 @@ COLUMNS = (
 )
 
 
-def _query(session, model, method, device, dtype, mode, since, until, limit, offset):
-    where = [
-        c
-        for c in (
-            ResultRow.model == model if model else None,
-            ResultRow.method.in_(method) if method else None,
-            ResultRow.mode == (mode or device) if (mode or device) else None,
-            ResultRow.dtype == dtype if dtype else None,
-            ResultRow.created_at >= since if since else None,
-            ResultRow.created_at < until if until else None,
-        )
-        if c is not None
-    ]
-    stmt = select(ResultRow).where(*where).order_by(ResultRow.created_at.desc(), ResultRow.id.desc())
-    return list(session.execute(stmt.limit(limit).offset(offset)).scalars())
+def _where(model, method, device, dtype, mode, since, until) -> list:
+    conditions = (
+        ResultRow.model == model if model else None,
+        ResultRow.method.in_(method) if method else None,
+        ResultRow.mode == (mode or device) if (mode or device) else None,
+        ResultRow.dtype == dtype if dtype else None,
+        ResultRow.created_at >= since if since else None,
+        ResultRow.created_at < until if until else None,
+    )
+    return [c for c in conditions if c is not None]
 
 
-def _flat(row: ResultRow) -> dict:
-    return {c: getattr(row, c) for c in COLUMNS}
+def _query(session, model, method, device, dtype, mode, since, until, limit, offset) -> list[ResultRow]:
+    stmt = select(ResultRow).where(*_where(model, method, device, dtype, mode, since, until))
+    stmt = stmt.order_by(ResultRow.created_at.desc(), ResultRow.id.desc()).limit(limit).offset(offset)
+    return list(session.execute(stmt).scalars())
+
+
+def _flat_rows(session, model, method, device, dtype, mode, since, until, limit, offset) -> list[dict]:
+    """The flat columns as plain dicts: no ORM objects, no JSON blob (the hot path)."""
+    columns = [getattr(ResultRow, c) for c in COLUMNS]
+    stmt = select(*columns).where(*_where(model, method, device, dtype, mode, since, until))
+    stmt = stmt.order_by(ResultRow.created_at.desc(), ResultRow.id.desc()).limit(limit).offset(offset)
+    return [dict(r) for r in session.execute(stmt).mappings()]
+
+
+def _json(rows: list[dict], headers: dict | None = None) -> Response:
+    return Response(json.dumps(rows, default=str), media_type="application/json", headers=headers)
 
 
 class Filters:
@@ -74,9 +84,9 @@ class Filters:
 FiltersDep = Annotated[Filters, Depends()]
 
 
-@router.get("")
-def query_results(session: SessionDep, _: Reader, f: FiltersDep) -> list[dict]:
-    return [_flat(r) for r in _query(session, *f.args)]
+@router.get("", response_model=list[dict])
+def query_results(session: SessionDep, _: Reader, f: FiltersDep) -> Response:
+    return _json(_flat_rows(session, *f.args))
 
 
 @router.get("/compare")
@@ -115,15 +125,9 @@ def compare(session: SessionDep, _: Reader, f: FiltersDep, baseline: str = "full
 def export(
     session: SessionDep, _: Reader, f: FiltersDep, format: str = Query("csv", pattern="^(csv|json)$")
 ) -> Response:
-    rows = [_flat(r) for r in _query(session, *f.args)]
+    rows = _flat_rows(session, *f.args)
     if format == "json":
-        import json
-
-        return Response(
-            json.dumps(rows, default=str),
-            media_type="application/json",
-            headers={"Content-Disposition": 'attachment; filename="results.json"'},
-        )
+        return _json(rows, {"Content-Disposition": 'attachment; filename="results.json"'})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()

@@ -1,0 +1,165 @@
+"""Results-query latency: 100k stored result rows in PostgreSQL, 50 concurrent clients on loopback.
+
+Starts the API (uvicorn, one process) on a fresh schema, fills it, then runs its own load
+generator for a bounded time and prints p50/p95/p99 latency and requests/s.
+
+Usage: python benchmarks/api_latency.py [--rows 100000] [--clients 50] [--seconds 20]
+       [--db postgresql+psycopg://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import psycopg
+
+MODELS = ["bert-base", "bert-large", "t5-base", "t5-large", "gpt2", "llama-1b"]
+METHODS = ["full", "lora", "checkpointing", "wtacrs@0.3", "wtacrs@0.1", "lora+wtacrs@0.3", "crs@0.3", "topk@0.3"]
+
+
+def fill(conn, rows: int) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    jobs = max(1, rows // 100)
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY jobs (id, status, spec, model, device, dtype, priority, attempts, max_attempts, "
+            "cancel_requested, progress, submitted_by, created_at) FROM STDIN"
+        ) as copy:
+            for j in range(jobs):
+                copy.write_row(
+                    (
+                        f"j{j:010d}",
+                        "succeeded",
+                        "{}",
+                        MODELS[j % len(MODELS)],
+                        "cuda",
+                        "fp32",
+                        0,
+                        1,
+                        3,
+                        False,
+                        1.0,
+                        "bench",
+                        now - dt.timedelta(minutes=j),
+                    )
+                )
+        with cur.copy(
+            "COPY results (job_id, model, method, batch_size, mode, dtype, peak_bytes, "
+            "first_step_peak_bytes, activation_bytes, tokens_per_s, oom, device_name, created_at, data) "
+            "FROM STDIN"
+        ) as copy:
+            for i in range(rows):
+                j = i // 100
+                row = {"method": METHODS[i % len(METHODS)], "batch_size": 2 ** (i % 8)}
+                copy.write_row(
+                    (
+                        f"j{j:010d}",
+                        MODELS[j % len(MODELS)],
+                        row["method"],
+                        row["batch_size"],
+                        "cuda",
+                        "fp32",
+                        10**9 + i,
+                        10**9,
+                        10**8,
+                        1000.0,
+                        False,
+                        "H100",
+                        now - dt.timedelta(minutes=j),
+                        json.dumps(row),
+                    )
+                )
+    conn.execute("ANALYZE")
+
+
+async def load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+
+    async def client(seed: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            while time.monotonic() < deadline:
+                params = {"model": rng.choice(MODELS), "method": rng.choice(METHODS), "limit": 50}
+                t0 = time.perf_counter()
+                r = await http.get("/api/results", params=params)
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return latencies, errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    args = ap.parse_args()
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(args.db.replace("+psycopg", ""), autocommit=True)
+    admin.execute(f"CREATE SCHEMA {schema}")
+    url_db = f"{args.db}?options=-csearch_path%3D{schema}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": url_db, "WTACRS_ADMIN_TOKEN": "bench"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "app.main:create_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        with psycopg.connect(args.db.replace("+psycopg", "") + f"?options=-csearch_path%3D{schema}") as conn:
+            t0 = time.time()
+            fill(conn, args.rows)
+            conn.commit()
+            print(f"# filled {args.rows} result rows in {time.time() - t0:.1f} s")
+        asyncio.run(load(base, 5, 2))  # warm-up
+        latencies, errors = asyncio.run(load(base, args.clients, args.seconds))
+        q = statistics.quantiles(latencies, n=100)
+        print(
+            f"# results query, {args.rows} rows in PostgreSQL, {args.clients} clients, {args.seconds:.0f} s, "
+            f"one uvicorn process, loopback; {dt.date.today()} {os.uname().nodename} ({os.cpu_count()} cores)"
+        )
+        print(f"requests {len(latencies)}  errors {errors}  rps {len(latencies) / args.seconds:.0f}")
+        print(f"p50 {q[49] * 1000:.1f} ms  p95 {q[94] * 1000:.1f} ms  p99 {q[98] * 1000:.1f} ms")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+if __name__ == "__main__":
+    main()
