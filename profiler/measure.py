@@ -33,7 +33,6 @@ class Trial:
     batch: dict
     device: torch.device
     dtype: str
-    fake: contextlib.AbstractContextManager | None = None
 
     def autocast(self):
         if self.dtype == "fp32":

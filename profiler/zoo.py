@@ -60,7 +60,3 @@ def make_batch(family: str, config, batch_size: int, seq_len: int, device, seed:
     else:
         batch["labels"] = ids.clone()
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def tokens_per_batch(family: str, batch_size: int, seq_len: int) -> int:
-    return batch_size * seq_len

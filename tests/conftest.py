@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -16,8 +14,3 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
-
-
-@pytest.fixture
-def threads():
-    return int(os.environ.get("OMP_NUM_THREADS", "2"))

@@ -134,7 +134,12 @@ def _advance(counter: list[int]) -> None:
 
 
 def apply_wtacrs(model: nn.Module, config: WTACRSConfig | None = None) -> nn.Module:
-    """Replace the target linear layers (and, per config, the companion operators) in place."""
+    """Replace the target linear layers (and, per config, the companion operators) in place.
+
+    Targets come from config.target_modules or the default table for the model type; frozen
+    linear layers are left alone (no weight gradient, so autograd keeps no input for them), and
+    on a peft LoRA model the trainable lora_A layers are the ones replaced.
+    """
     config = config or WTACRSConfig()
     if not isinstance(config, WTACRSConfig):
         raise ValueError(f"config must be a WTACRSConfig, got {type(config).__name__}")
