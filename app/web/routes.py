@@ -13,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
 from app.api.deps import Reader, SessionDep
-from app.api.routes.jobs import get_job, public
+from app.api.routes.jobs import get_job, job_filters, public
 from app.models import Job, ResultRow
 from app.web import charts
 
@@ -52,16 +52,7 @@ def jobs_page(
     device: str | None = None,
     dtype: str | None = None,
 ) -> HTMLResponse:
-    where = [
-        c
-        for c in (
-            Job.status == status if status else None,
-            Job.model == model if model else None,
-            Job.device == device if device else None,
-            Job.dtype == dtype if dtype else None,
-        )
-        if c is not None
-    ]
+    where = job_filters(status, model, device, dtype)
     jobs = session.execute(select(Job).where(*where).order_by(Job.created_at.desc()).limit(200)).scalars().all()
     models = session.execute(select(Job.model).distinct()).scalars().all()
     example = HERE.parents[1] / "examples" / "minimal.json"

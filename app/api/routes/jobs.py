@@ -35,6 +35,12 @@ def new_job(session, spec: JobSpec, who: str, priority: int, max_attempts: int) 
     return job
 
 
+def job_filters(status: str | None, model: str | None, device: str | None, dtype: str | None) -> list:
+    """WHERE conditions for the jobs list (API and dashboard)."""
+    pairs = ((Job.status, status), (Job.model, model), (Job.device, device), (Job.dtype, dtype))
+    return [column == value for column, value in pairs if value]
+
+
 def get_job(session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -76,16 +82,7 @@ def list_jobs(
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=1_000_000_000),
 ) -> JobList:
-    where = [
-        c
-        for c in (
-            Job.status == status_ if status_ else None,
-            Job.model == model if model else None,
-            Job.device == device if device else None,
-            Job.dtype == dtype if dtype else None,
-        )
-        if c is not None
-    ]
+    where = job_filters(status_, model, device, dtype)
     total = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
     jobs = session.execute(
         select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)

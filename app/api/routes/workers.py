@@ -24,8 +24,13 @@ def _worker(session, worker_id: str, who) -> Worker:
     return worker
 
 
-def _lease_lost(err: queue.LeaseLost) -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT, str(err))
+def _held(session, worker_id: str, job_id: str, attempt: int, who):
+    """The job if this worker still holds this attempt; 409 otherwise (it was re-claimed or finished)."""
+    _worker(session, worker_id, who)
+    try:
+        return queue.held(session, job_id, worker_id, attempt)
+    except queue.LeaseLost as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=WorkerPublic)
@@ -61,17 +66,13 @@ def heartbeat(
             session, job_id, worker_id, body.attempt, settings.lease_seconds, body.progress, body.message
         )
     except queue.LeaseLost as err:
-        raise _lease_lost(err) from None
+        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
     return HeartbeatReply(cancel=job.cancel_requested, lease_seconds=settings.lease_seconds)
 
 
 @router.post("/{worker_id}/jobs/{job_id}/result", status_code=status.HTTP_204_NO_CONTENT)
 def post_result(worker_id: str, job_id: str, body: AttemptResult, session: SessionDep, who: WorkerAuth) -> Response:
-    _worker(session, worker_id, who)
-    try:
-        job = queue.held(session, job_id, worker_id, body.attempt)
-    except queue.LeaseLost as err:
-        raise _lease_lost(err) from None
+    job = _held(session, worker_id, job_id, body.attempt, who)
     if not isinstance(body.result.get("results", []), list):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "result.results must be a list of rows")
     try:
@@ -83,11 +84,7 @@ def post_result(worker_id: str, job_id: str, body: AttemptResult, session: Sessi
 
 @router.post("/{worker_id}/jobs/{job_id}/fail")
 def post_failure(worker_id: str, job_id: str, body: AttemptFailure, session: SessionDep, who: WorkerAuth) -> dict:
-    _worker(session, worker_id, who)
-    try:
-        job = queue.held(session, job_id, worker_id, body.attempt)
-    except queue.LeaseLost as err:
-        raise _lease_lost(err) from None
+    job = _held(session, worker_id, job_id, body.attempt, who)
     if body.cancelled:
         queue.finish(session, job.id, "cancelled", worker_id, job.attempts, "stopped by its worker on request")
         return {"status": "cancelled"}
