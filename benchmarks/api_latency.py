@@ -84,7 +84,7 @@ def fill(conn, rows: int) -> None:
     conn.execute("ANALYZE")
 
 
-async def load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
+async def load(url: str, clients: int, seconds: float, think: float = 0.0) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = 0
     deadline = time.monotonic() + seconds
@@ -99,6 +99,8 @@ async def load(url: str, clients: int, seconds: float) -> tuple[list[float], int
                 r = await http.get("/api/results", params=params)
                 latencies.append(time.perf_counter() - t0)
                 errors += r.status_code != 200
+                if think:
+                    await asyncio.sleep(rng.uniform(0, 2 * think))  # mean think time, not in lockstep
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     return latencies, errors
@@ -109,6 +111,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--think", type=float, default=0.0, help="mean pause between a client's requests (0: closed loop)")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     ap.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
     schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -147,11 +151,12 @@ def main() -> None:
             conn.commit()
             print(f"# filled {args.rows} result rows in {time.time() - t0:.1f} s")
         asyncio.run(load(base, 5, 2))  # warm-up
-        latencies, errors = asyncio.run(load(base, args.clients, args.seconds))
+        latencies, errors = asyncio.run(load(base, args.clients, args.seconds, args.think))
         q = statistics.quantiles(latencies, n=100)
         print(
             f"# results query, {args.rows} rows in PostgreSQL, {args.clients} clients, {args.seconds:.0f} s, "
-            f"one uvicorn process, loopback; {dt.date.today()} {os.uname().nodename} ({os.cpu_count()} cores)"
+            f"think {args.think * 1000:.0f} ms, {args.workers} uvicorn process(es), loopback, load generator on this "
+            f"machine; {dt.date.today()} {os.uname().nodename} ({os.cpu_count()} cores)"
         )
         print(f"requests {len(latencies)}  errors {errors}  rps {len(latencies) / args.seconds:.0f}")
         print(f"p50 {q[49] * 1000:.1f} ms  p95 {q[94] * 1000:.1f} ms  p99 {q[98] * 1000:.1f} ms")

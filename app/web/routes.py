@@ -3,19 +3,21 @@ from the installed plotly package, so the pages work with no internet."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
 import plotly
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
 from app.api.deps import Reader, SessionDep
 from app.api.routes.jobs import get_job, job_filters, public
 from app.models import Job, ResultRow
-from app.web import charts
+from app.web import charts, pivot
 
 HERE = Path(__file__).parent
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -106,63 +108,32 @@ def compare_page(
 ) -> HTMLResponse:
     models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
     model = model or (models[0] if models else None)
-    where = [ResultRow.model == model]
-    if method:
-        where.append(ResultRow.method.in_(method))
-    if dtype:
-        where.append(ResultRow.dtype == dtype)
-    if mode:
-        where.append(ResultRow.mode == mode)
-    # latest row per (mode, dtype, method, batch): aggregated in SQL, never shipped raw
-    latest = (
-        select(func.max(ResultRow.id))
-        .where(*where)
-        .group_by(ResultRow.mode, ResultRow.dtype, ResultRow.method, ResultRow.batch_size)
-    )
-    rows = session.execute(select(ResultRow).where(ResultRow.id.in_(latest))).scalars().all()
-    pivot: dict[tuple, dict] = {}
-    for r in rows:
-        pivot.setdefault((r.mode, r.dtype, r.method), {})[r.batch_size] = r
+    rows = pivot.latest_rows(session, model, method, dtype, mode)
+    table = pivot.pivot(rows, baseline)
     batches = sorted({r.batch_size for r in rows})
-    table = []
-    for (m_mode, m_dtype, m_method), cells in sorted(pivot.items()):
-        base = pivot.get((m_mode, m_dtype, baseline), {})
-        table.append(
-            {
-                "mode": m_mode,
-                "dtype": m_dtype,
-                "method": m_method,
-                "cells": [
-                    None
-                    if b not in cells
-                    else {
-                        "peak_gib": (cells[b].peak_bytes or 0) / GIB,
-                        "oom": cells[b].oom,
-                        "ratio": (base[b].peak_bytes / cells[b].peak_bytes)
-                        if b in base and base[b].peak_bytes and cells[b].peak_bytes
-                        else None,
-                    }
-                    for b in batches
-                ],
-            }
-        )
-    reconcile = []
-    for (m_mode, m_dtype, m_method), cells in sorted(pivot.items()):
-        if m_mode == "estimate":
+    lines = [
+        {"mode": k[1], "dtype": k[2], "method": k[3], "cells": [cells.get(b) for b in batches]}
+        for k, cells in table.items()
+    ]
+    reconcile = []  # where a spec ran both estimated and measured: the estimate's error per category
+    for key, cells in table.items():
+        if key[1] == "estimate":
             continue
-        est = pivot.get(("estimate", m_dtype, m_method), {})
-        for b, r in sorted(cells.items()):
-            if b in est and r.peak_bytes and est[b].peak_bytes:
-                mb, eb = r.data.get("breakdown") or {}, est[b].data.get("breakdown") or {}
-                reconcile.append(
-                    {
-                        "method": m_method,
-                        "batch": b,
-                        "measured": r.mode,
-                        "peak_error": est[b].peak_bytes / r.peak_bytes - 1,
-                        "categories": {c: (eb.get(c, 0) - mb.get(c, 0)) / GIB for c in charts.CATEGORIES},
-                    }
-                )
+        estimated = table.get((key[0], "estimate", key[2], key[3]), {})
+        for b, cell in cells.items():
+            est = estimated.get(b)
+            if est is None or not cell.row.peak_bytes or not est.row.peak_bytes:
+                continue
+            mb, eb = cell.row.data.get("breakdown") or {}, est.row.data.get("breakdown") or {}
+            reconcile.append(
+                {
+                    "method": key[3],
+                    "batch": b,
+                    "measured": key[1],
+                    "peak_error": est.row.peak_bytes / cell.row.peak_bytes - 1,
+                    "categories": {c: (eb.get(c, 0) - mb.get(c, 0)) / GIB for c in charts.CATEGORIES},
+                }
+            )
     by_mode = [dict(r.data, method=f"{r.method} [{r.mode}]") for r in rows]
     figure = charts.memory_vs_batch(by_mode, None, mode or "mixed") if rows else None
     return page(
@@ -171,13 +142,34 @@ def compare_page(
         models=models,
         model=model,
         batches=batches,
-        table=table,
+        table=lines,
         reconcile=reconcile,
         baseline=baseline,
         figure=json.dumps(figure),
         filters={"dtype": dtype, "mode": mode},
         methods=sorted({r.method for r in rows}),
         export_query=request.url.query,
+    )
+
+
+@router.get("/compare.csv")
+def compare_csv(
+    session: SessionDep,
+    _: Reader,
+    model: str | None = Query(None, description="all models when omitted"),
+    method: list[str] | None = Query(None),
+    dtype: str | None = None,
+    mode: str | None = None,
+    baseline: str = "full",
+) -> Response:
+    """The pivot (model x method x batch, ratio to the baseline) as CSV."""
+    table = pivot.pivot(pivot.latest_rows(session, model, method, dtype, mode), baseline)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=pivot.CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(pivot.csv_rows(table, baseline))
+    return Response(
+        buf.getvalue(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="pivot.csv"'}
     )
 
 

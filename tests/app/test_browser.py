@@ -133,7 +133,11 @@ def test_compare_and_history_pages(site):
     page.wait_for_selector("#chart-compare .main-svg")
     assert page.locator("#pivot tr").count() == 3
     assert "OOM" in page.inner_text("#pivot")
+    assert "(1.21x)" in page.inner_text("#pivot")  # wtacrs@0.3 at batch 8: 1220 MiB / 1005.6 MiB
     shot(page, "compare")
+    csv = page.request.get(site["url"] + "/compare.csv?model=bert-tiny").text().splitlines()
+    assert csv[0].startswith("model,mode,dtype,method,batch_size,peak_bytes,oom,ratio_to_baseline")
+    assert len(csv) == 1 + 8 and any(",wtacrs@0.3,8," in line and ",1.21" in line for line in csv)
     page.goto(site["url"] + "/history?model=bert-tiny&metric=peak_bytes")
     page.wait_for_selector("#chart-history .main-svg")
     assert page.locator("#chart-history .trace").count() == 2
