@@ -13,7 +13,8 @@ def _layout(title: str, x: str, y: str, **extra) -> dict:
         "xaxis": {"title": {"text": x}},
         "yaxis": {"title": {"text": y}},
         "margin": {"t": 50, "l": 70, "r": 20, "b": 60},
-        "legend": {"orientation": "h"},
+        "legend": {"orientation": "v", "x": 1.02, "y": 1},
+        "autosize": True,
         **extra,
     }
 

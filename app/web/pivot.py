@@ -15,9 +15,9 @@ class Cell:
     ratio: float | None  # baseline peak / this peak: how many times less memory than the baseline
 
 
-def latest_rows(session, model=None, methods=None, dtype=None, mode=None) -> list[ResultRow]:
+def latest_rows(session, model=None, methods=None, dtype=None, mode=None, jobs=None) -> list[ResultRow]:
     """Aggregated in SQL (max id per key), so a page never pulls every stored row."""
-    where = []
+    where = [ResultRow.job_id.in_(jobs)] if jobs else []
     for column, value in ((ResultRow.model, model), (ResultRow.dtype, dtype), (ResultRow.mode, mode)):
         if value:
             where.append(column == value)

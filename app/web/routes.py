@@ -105,10 +105,13 @@ def compare_page(
     dtype: str | None = None,
     mode: str | None = None,
     baseline: str = "full",
+    jobs: str | None = Query(None, description="comma-separated job ids to compare"),
 ) -> HTMLResponse:
     models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
     model = model or (models[0] if models else None)
-    rows = pivot.latest_rows(session, model, method, dtype, mode)
+    job_ids = [j.strip() for j in (jobs or "").split(",") if j.strip()]
+    all_methods = sorted(session.execute(select(ResultRow.method).where(ResultRow.model == model).distinct()).scalars())
+    rows = pivot.latest_rows(session, model, method, dtype, mode, job_ids)
     table = pivot.pivot(rows, baseline)
     batches = sorted({r.batch_size for r in rows})
     lines = [
@@ -146,8 +149,8 @@ def compare_page(
         reconcile=reconcile,
         baseline=baseline,
         figure=json.dumps(figure),
-        filters={"dtype": dtype, "mode": mode},
-        methods=sorted({r.method for r in rows}),
+        filters={"dtype": dtype, "mode": mode, "jobs": jobs or "", "method": method or []},
+        methods=all_methods,
         export_query=request.url.query,
     )
 

@@ -134,6 +134,16 @@ def test_compare_and_history_pages(site):
     assert page.locator("#pivot tr").count() == 3
     assert "OOM" in page.inner_text("#pivot")
     assert "(1.21x)" in page.inner_text("#pivot")  # wtacrs@0.3 at batch 8: 1220 MiB / 1005.6 MiB
+    page.select_option("select[name=method]", ["wtacrs@0.3"])
+    page.select_option("select[name=baseline]", "wtacrs@0.3")
+    page.click("form.filters button")
+    page.wait_for_selector("#chart-compare .main-svg")
+    assert page.locator("#pivot tr").count() == 2  # header + the one method picked
+    page.goto(site["url"] + f"/compare?model=bert-tiny&jobs={site['job_id']}")
+    assert page.locator("#pivot tr").count() == 3
+    page.goto(site["url"] + "/compare?model=bert-tiny&jobs=nosuchjob")
+    assert "No results" in page.inner_text("#pivot")
+    page.goto(site["url"] + "/compare?model=bert-tiny")
     shot(page, "compare")
     csv = page.request.get(site["url"] + "/compare.csv?model=bert-tiny").text().splitlines()
     assert csv[0].startswith("model,mode,dtype,method,batch_size,peak_bytes,oom,ratio_to_baseline")

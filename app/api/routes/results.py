@@ -34,8 +34,9 @@ COLUMNS = (
 )
 
 
-def _where(model, method, device, dtype, mode, since, until) -> list:
+def _where(model, method, device, dtype, mode, since, until, job_id=None) -> list:
     conditions = (
+        ResultRow.job_id == job_id if job_id else None,
         ResultRow.model == model if model else None,
         ResultRow.method.in_(method) if method else None,
         ResultRow.mode == (mode or device) if (mode or device) else None,
@@ -46,17 +47,19 @@ def _where(model, method, device, dtype, mode, since, until) -> list:
     return [c for c in conditions if c is not None]
 
 
-def _query(session, model, method, device, dtype, mode, since, until, limit, offset) -> list[ResultRow]:
-    stmt = select(ResultRow).where(*_where(model, method, device, dtype, mode, since, until))
-    stmt = stmt.order_by(ResultRow.created_at.desc(), ResultRow.id.desc()).limit(limit).offset(offset)
-    return list(session.execute(stmt).scalars())
+def _ordered(stmt, f: Filters):
+    return (
+        stmt.where(*f.where).order_by(ResultRow.created_at.desc(), ResultRow.id.desc()).limit(f.limit).offset(f.offset)
+    )
 
 
-def _flat_rows(session, model, method, device, dtype, mode, since, until, limit, offset) -> list[dict]:
+def _query(session, f: Filters) -> list[ResultRow]:
+    return list(session.execute(_ordered(select(ResultRow), f)).scalars())
+
+
+def _flat_rows(session, f: Filters) -> list[dict]:
     """The flat columns as plain dicts: no ORM objects, no JSON blob (the hot path)."""
-    columns = [getattr(ResultRow, c) for c in COLUMNS]
-    stmt = select(*columns).where(*_where(model, method, device, dtype, mode, since, until))
-    stmt = stmt.order_by(ResultRow.created_at.desc(), ResultRow.id.desc()).limit(limit).offset(offset)
+    stmt = _ordered(select(*(getattr(ResultRow, c) for c in COLUMNS)), f)
     return [dict(r) for r in session.execute(stmt).mappings()]
 
 
@@ -74,11 +77,12 @@ class Filters:
         mode: str | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        job_id: str | None = Query(None, description="one job's rows"),
         limit: int = Query(1000, ge=1, le=100_000),
         offset: int = Query(0, ge=0, le=1_000_000_000),
     ):
-        self.model = model
-        self.args = (model, method, device, dtype, mode, since, until, limit, offset)
+        self.model, self.limit, self.offset = model, limit, offset
+        self.where = _where(model, method, device, dtype, mode, since, until, job_id)
 
 
 FiltersDep = Annotated[Filters, Depends()]
@@ -86,7 +90,7 @@ FiltersDep = Annotated[Filters, Depends()]
 
 @router.get("", response_model=list[dict])
 def query_results(session: SessionDep, _: Reader, f: FiltersDep) -> Response:
-    return _json(_flat_rows(session, *f.args))
+    return _json(_flat_rows(session, f))
 
 
 @router.get("/compare")
@@ -95,7 +99,7 @@ def compare(session: SessionDep, _: Reader, f: FiltersDep, baseline: str = "full
     model = f.model
     if not model:
         raise HTTPException(422, "compare needs ?model=<name>: ratios only make sense within one model")
-    rows = _query(session, *f.args)
+    rows = _query(session, f)
     latest: dict[tuple, ResultRow] = {}
     for r in rows:  # newest first: keep the latest measurement per key
         latest.setdefault((r.mode, r.dtype, r.batch_size, r.method), r)
@@ -125,7 +129,7 @@ def compare(session: SessionDep, _: Reader, f: FiltersDep, baseline: str = "full
 def export(
     session: SessionDep, _: Reader, f: FiltersDep, format: str = Query("csv", pattern="^(csv|json)$")
 ) -> Response:
-    rows = _flat_rows(session, *f.args)
+    rows = _flat_rows(session, f)
     if format == "json":
         return _json(rows, {"Content-Disposition": 'attachment; filename="results.json"'})
     buf = io.StringIO()

@@ -1,9 +1,13 @@
 // Draw server-built Plotly figures; poll a running job; submit jobs from the browser.
 function drawAll(figures) {
-  for (const [name, fig] of Object.entries(figures || {})) {
-    const el = document.getElementById("chart-" + name);
-    if (el && fig && fig.data && fig.data.length) {
+  // Charts without data are hidden; hiding an empty div by CSS instead would make Plotly measure
+  // a zero-width container and fall back to its 700px default.
+  for (const el of document.querySelectorAll(".chart")) {
+    const fig = (figures || {})[el.id.replace("chart-", "")];
+    if (fig && fig.data && fig.data.length) {
       Plotly.newPlot(el, fig.data, fig.layout, {responsive: true, displaylogo: false});
+    } else {
+      el.style.display = "none";
     }
   }
 }
