@@ -19,6 +19,10 @@ def _layout(title: str, x: str, y: str, **extra) -> dict:
     }
 
 
+def _line(name: str, xs: list, ys: list, **extra) -> dict:
+    return {"type": "scatter", "mode": "lines+markers", "name": name, "x": xs, "y": ys, **extra}
+
+
 def _by_method(rows: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in sorted(rows, key=lambda r: r["batch_size"]):
@@ -30,28 +34,12 @@ def memory_vs_batch(rows: list[dict], device_bytes: float | None, mode: str) -> 
     data = []
     for method, rs in _by_method(rows).items():
         ok = [r for r in rs if not r.get("oom") and r.get("peak_bytes")]
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": method,
-                "x": [r["batch_size"] for r in ok],
-                "y": [r["peak_bytes"] / MIB for r in ok],
-            }
-        )
+        data.append(_line(method, [r["batch_size"] for r in ok], [r["peak_bytes"] / MIB for r in ok]))
         oom = [r for r in rs if r.get("oom")]
         if oom:
             y = [(r.get("peak_bytes") or device_bytes or 0) / MIB for r in oom]
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "markers",
-                    "name": f"{method} (OOM)",
-                    "x": [r["batch_size"] for r in oom],
-                    "y": y,
-                    "marker": {"symbol": "x", "size": 12, "color": "#d62728"},
-                }
-            )
+            marker = {"symbol": "x", "size": 12, "color": "#d62728"}
+            data.append(_line(f"{method} (OOM)", [r["batch_size"] for r in oom], y, mode="markers", marker=marker))
     shapes = []
     if device_bytes:
         shapes.append(
@@ -91,15 +79,7 @@ def throughput(rows: list[dict]) -> dict:
     for method, rs in _by_method(rows).items():
         ok = [r for r in rs if r.get("tokens_per_s")]
         if ok:
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": method,
-                    "x": [r["batch_size"] for r in ok],
-                    "y": [r["tokens_per_s"] for r in ok],
-                }
-            )
+            data.append(_line(method, [r["batch_size"] for r in ok], [r["tokens_per_s"] for r in ok]))
     return {"data": data, "layout": _layout("Throughput", "batch size", "tokens / s")}
 
 
@@ -129,15 +109,8 @@ def fidelity(rows: list[dict]) -> dict:
     data = []
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": method,
-                "x": [r["layer"].split(".", 2)[-1] if r["layer"].count(".") > 4 else r["layer"] for r in rs],
-                "y": [r["relative_error"] for r in rs],
-            }
-        )
+        layers = [r["layer"].split(".", 2)[-1] if r["layer"].count(".") > 4 else r["layer"] for r in rs]
+        data.append(_line(method, layers, [r["relative_error"] for r in rs]))
     return {
         "data": data,
         "layout": _layout(
@@ -153,14 +126,5 @@ def history(points: list[dict], metric: str) -> dict:
     data = []
     for method in dict.fromkeys(p["method"] for p in points):
         ps = [p for p in points if p["method"] == method]
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": method,
-                "x": [p["at"] for p in ps],
-                "y": [p["value"] for p in ps],
-                "text": [p["job_id"] for p in ps],
-            }
-        )
+        data.append(_line(method, [p["at"] for p in ps], [p["value"] for p in ps], text=[p["job_id"] for p in ps]))
     return {"data": data, "layout": _layout(f"{metric} over time", "job finished", metric)}
