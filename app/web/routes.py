@@ -192,9 +192,17 @@ def history_page(
     where = [ResultRow.model == model, getattr(ResultRow, metric).is_not(None)]
     if batch_size:
         where.append(ResultRow.batch_size == batch_size)
+    where.append(ResultRow.oom.is_(False))  # an OOM is not a point on a memory or speed curve
     # one point per (job, method): the largest batch it measured
-    per_job = select(func.max(ResultRow.id)).where(*where).group_by(ResultRow.job_id, ResultRow.method)
-    rows = session.execute(select(ResultRow).where(ResultRow.id.in_(per_job)).order_by(ResultRow.created_at)).scalars()
+    largest = (
+        select(ResultRow.job_id, ResultRow.method, func.max(ResultRow.batch_size).label("batch"))
+        .where(*where)
+        .group_by(ResultRow.job_id, ResultRow.method)
+        .subquery()
+    )
+    on = (ResultRow.job_id == largest.c.job_id) & (ResultRow.method == largest.c.method)
+    stmt = select(ResultRow).join(largest, on & (ResultRow.batch_size == largest.c.batch)).where(*where)
+    rows = session.execute(stmt.order_by(ResultRow.created_at, ResultRow.id)).scalars()
     points = [
         {
             "method": r.method,

@@ -151,4 +151,6 @@ def test_compare_and_history_pages(site):
     page.goto(site["url"] + "/history?model=bert-tiny&metric=peak_bytes")
     page.wait_for_selector("#chart-history .main-svg")
     assert page.locator("#chart-history .trace").count() == 2
+    full_gib = page.evaluate("document.getElementById('chart-history').data[0].y[0]")
+    assert full_gib == pytest.approx((900 + 40 * 32) / 1024)  # batch 32: the OOM row at 64 is no point
     shot(page, "history")
