@@ -131,12 +131,16 @@ def serve(
         console.print(f"admin token for this session (set WTACRS_ADMIN_TOKEN to choose one): [bold]{token}[/bold]")
     from app.main import create_app
 
+    from .runner import die_with_parent
+
     url = f"http://{host}:{port}"
     child = None
     if worker:  # a separate process: the server never imports torch
         env = {**os.environ, "WTACRS_TOKEN": token}
         child = subprocess.Popen(
-            [sys.executable, "-m", "profiler.cli", "worker", "--api", url, "--name", "local"], env=env
+            [sys.executable, "-m", "profiler.cli", "worker", "--api", url, "--name", "local"],
+            env=env,
+            preexec_fn=die_with_parent,  # uvicorn re-raises SIGTERM/SIGINT, so `finally` may never run
         )
     if open_browser:
         threading.Timer(2.0, webbrowser.open, args=(url + "/",)).start()

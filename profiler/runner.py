@@ -46,8 +46,9 @@ def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -
         emit({"kind": "fidelity", "data": trials.fidelity_rows(spec, method, min(spec.batch_sizes))})
 
 
-def _die_with_parent() -> None:
-    """Linux: a measurement process must not outlive a worker that was killed -9."""
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a measurement outliving a worker
+    killed -9, or a local worker outliving `serve`)."""
     try:
         import ctypes
         import signal
@@ -58,7 +59,7 @@ def _die_with_parent() -> None:
 
 
 def _child(spec_json: str, method_name: str, q) -> None:
-    _die_with_parent()
+    die_with_parent()
     try:
         run_method(spec_json, method_name, q.put)
     except BaseException as err:  # report, then die: the parent records it against the method

@@ -77,8 +77,15 @@ def server(tmp_path):
                 p.kill()
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def test_serve_with_its_local_worker_runs_the_minimal_spec(server, tmp_path):
-    launch, _ = server
+    launch, procs = server
     url = launch()
     out = subprocess.run(
         [sys.executable, "-m", "profiler.cli", "submit", str(MINIMAL), "--api", url],
@@ -92,6 +99,15 @@ def test_serve_with_its_local_worker_runs_the_minimal_spec(server, tmp_path):
     job = wait_for(lambda: (j := job_status(url, job_id))["status"] in ("succeeded", "failed") and j, 300, "the job")
     assert job["status"] == "succeeded", job["errors"]
     assert len(job["results"]) == 4 and all(r["peak_bytes"] > 0 for r in job["results"])
+    # stopping the server stops its local worker too (uvicorn re-raises SIGTERM, so no `finally`)
+    server_proc = procs[0]
+    children = Path(f"/proc/{server_proc.pid}/task/{server_proc.pid}/children")
+    workers = [int(p) for p in children.read_text().split()]
+    assert len(workers) == 1, workers  # the local worker
+    server_proc.terminate()
+    server_proc.wait(timeout=30)
+    wait_for(lambda: not any(Path(f"/proc/{w}").exists() and "zombie" not in _state(w) for w in workers), 15,
+             "the local worker to exit with its server")
 
 
 def test_a_worker_killed_mid_job_hands_it_to_another(server, tmp_path):
