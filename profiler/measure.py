@@ -39,8 +39,9 @@ class Trial:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_AMP[self.dtype])
 
-    def forward_backward(self) -> None:
-        with self.autocast():
+    def forward_backward(self, saved: SavedTensorCounter | None = None) -> None:
+        """One forward and backward; `saved` counts what the forward keeps for backward."""
+        with saved.track() if saved is not None else contextlib.nullcontext(), self.autocast():
             loss = self.model(**self.batch).loss
         loss.backward()
 
@@ -111,7 +112,7 @@ class CPUAllocatorRecord:
         from torch._C._profiler import _EventType
 
         self._prof.__exit__(*exc)
-        self.totals: list[tuple[int, int]] = []
+        self.totals: list[tuple[int, int, int]] = []  # (time ns, allocator total, this allocation)
         self.ranges: dict[str, tuple[int, int]] = {}
         stack = list(self._prof.profiler.kineto_results.experimental_event_tree())
         while stack:
@@ -122,13 +123,13 @@ class CPUAllocatorRecord:
                 self.totals.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
             elif node.name.startswith("wtacrs::"):
                 self.ranges[node.name] = (node.start_time_ns, node.end_time_ns)
+        self.totals.sort()
         return False
 
     def peak(self, within: str | None = None) -> int:
         """Peak bytes above what was allocated when the record started."""
         if not self.totals:
             return 0
-        self.totals.sort()
         # The allocator's counter also holds memory that was freed while no profiler listened.
         _, first_total, first_size = self.totals[0]
         baseline = first_total - first_size
@@ -149,12 +150,6 @@ def measure_memory(trial: Trial, mode: str) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
 
-    def first():
-        with saved.track():
-            with trial.autocast():
-                loss = trial.model(**trial.batch).loss
-        loss.backward()
-
     def rest():
         trial.optimizer_step()
         trial.forward_backward()
@@ -163,7 +158,7 @@ def measure_memory(trial: Trial, mode: str) -> dict:
     with tracker.watch(trial.model, trial.optimizer):
         tracker.reset_peak()
         with torch.profiler.record_function("wtacrs::first_step"):
-            first()
+            trial.forward_backward(saved)
         first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak
         with torch.profiler.record_function("wtacrs::steady"):
             rest()

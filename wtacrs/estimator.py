@@ -110,10 +110,9 @@ def expected_squared_error(a: Tensor, b: Tensor, weights: Tensor, k: int, method
         raise ValueError(f"method={method!r} is not allowed; choose one of {list(METHODS)}")
     a, b = a.double(), b.double()
     p = _probabilities(weights).double()
-    exact = a @ b
     if method == "topk":
         idx = torch.topk(p, k).indices
-        return ((a[:, idx] @ b[idx] - exact) ** 2).sum()
+        return ((a[:, idx] @ b[idx] - a @ b) ** 2).sum()
     if method == "wta":
         order, is_winner, c = _winners(p.float(), k)
         winner = torch.zeros_like(p).scatter(0, order, is_winner.double())

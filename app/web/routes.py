@@ -24,6 +24,8 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
 GIB = 2**30
+_EXAMPLE = HERE.parents[1] / "examples" / "minimal.json"
+EXAMPLE_SPEC = _EXAMPLE.read_text() if _EXAMPLE.exists() else "{}"  # prefills the submit form
 METRICS = {"peak_bytes": 1 / GIB, "first_step_peak_bytes": 1 / GIB, "activation_bytes": 1 / GIB, "tokens_per_s": 1}
 
 
@@ -38,6 +40,12 @@ def static(name: str) -> FileResponse:
     if name not in {"dash.js", "style.css"} or not path.exists():
         raise HTTPException(404, f"no static file {name!r}")
     return FileResponse(path)
+
+
+def _models(session, chosen: str | None) -> tuple[list[str], str | None]:
+    """Models that have results, and the one to show (the chosen one, else the first)."""
+    models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
+    return models, chosen or (models[0] if models else None)
 
 
 def page(request: Request, template: str, **context) -> HTMLResponse:
@@ -57,15 +65,13 @@ def jobs_page(
     where = job_filters(status, model, device, dtype)
     jobs = session.execute(select(Job).where(*where).order_by(Job.created_at.desc()).limit(200)).scalars().all()
     models = session.execute(select(Job.model).distinct()).scalars().all()
-    example = HERE.parents[1] / "examples" / "minimal.json"
-    spec = example.read_text() if example.exists() else "{}"
     return page(
         request,
         "jobs.html",
         jobs=jobs,
         models=sorted(models),
         filters={"status": status, "model": model, "device": device, "dtype": dtype},
-        example=spec,
+        example=EXAMPLE_SPEC,
     )
 
 
@@ -107,8 +113,7 @@ def compare_page(
     baseline: str = "full",
     jobs: str | None = Query(None, description="comma-separated job ids to compare"),
 ) -> HTMLResponse:
-    models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
-    model = model or (models[0] if models else None)
+    models, model = _models(session, model)
     job_ids = [j.strip() for j in (jobs or "").split(",") if j.strip()]
     all_methods = sorted(session.execute(select(ResultRow.method).where(ResultRow.model == model).distinct()).scalars())
     rows = pivot.latest_rows(session, model, method, dtype, mode, job_ids)
@@ -187,8 +192,7 @@ def history_page(
 ) -> HTMLResponse:
     if metric not in METRICS:
         raise HTTPException(422, f"metric {metric!r} is not one of {sorted(METRICS)}")
-    models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
-    model = model or (models[0] if models else None)
+    models, model = _models(session, model)
     where = [ResultRow.model == model, getattr(ResultRow, metric).is_not(None)]
     if batch_size:
         where.append(ResultRow.batch_size == batch_size)
