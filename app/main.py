@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
 
 from app.api.routes import jobs, results, tokens, workers
 from app.config import Settings, get_settings
@@ -53,6 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError):
         return JSONResponse({"detail": "database unavailable; try again shortly"}, status_code=503)
+
+    @app.exception_handler(DataError)
+    async def _bad_value(request: Request, exc: DataError):
+        # the database refused a value the API let through (a NUL character in text on PostgreSQL)
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        return JSONResponse({"detail": f"a value was refused by the database: {reason}"}, status_code=422)
 
     @app.exception_handler(SQLAlchemyError)
     async def _db_error(request: Request, exc: SQLAlchemyError):

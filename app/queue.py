@@ -145,7 +145,7 @@ def store_result(session: Session, job: Job, result: dict, worker_id: str) -> No
                 data=row,
             )
         )
-    job.outcome = {k: result.get(k) for k in ("environment", "max_batch", "fidelity", "errors")}
+    job.outcome = {k: result.get(k) for k in ("environment", "max_batch", "fidelity", "convergence", "errors")}
     job.progress = 1.0
     errors = result.get("errors") or []
     status = "failed" if errors else "succeeded"

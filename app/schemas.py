@@ -39,6 +39,7 @@ class JobPublic(JobSummary):
     results: list[dict] = []
     max_batch: list[dict] = []
     fidelity: list[dict] = []
+    convergence: list[dict] = []
     environment: dict | None = None
     errors: list[str] = []
 

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 
 import httpx
@@ -84,26 +85,64 @@ def fill(conn, rows: int) -> None:
     conn.execute("ANALYZE")
 
 
-async def load(url: str, clients: int, seconds: float, think: float = 0.0) -> tuple[list[float], int]:
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client: the load generator shares the server's two cores, so
+    it must cost far less per request than the server (httpx costs about as much as the server)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def get(self, path: str) -> int:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+
+async def load(host: str, port: int, clients: int, seconds: float, think: float = 0.0) -> tuple[list[float], int]:
+    """`clients` connections, all opened and used once before the clock starts; each then sends
+    a request, waits for the answer, pauses `think` on average (0: closed loop), repeats."""
     latencies: list[float] = []
     errors = 0
+    conns = [Connection(host, port) for _ in range(clients)]
+    for c in conns:  # one at a time: a burst of 50 SYNs can overflow the listen backlog (1 s retries)
+        await c.open()
+        await c.get("/healthz")
     deadline = time.monotonic() + seconds
 
-    async def client(seed: int) -> None:
+    async def client(conn: Connection, seed: int) -> None:
         nonlocal errors
         rng = random.Random(seed)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            while time.monotonic() < deadline:
-                params = {"model": rng.choice(MODELS), "method": rng.choice(METHODS), "limit": 50}
-                t0 = time.perf_counter()
-                r = await http.get("/api/results", params=params)
-                latencies.append(time.perf_counter() - t0)
-                errors += r.status_code != 200
-                if think:
-                    await asyncio.sleep(rng.uniform(0, 2 * think))  # mean think time, not in lockstep
+        while time.monotonic() < deadline:
+            query = urllib.parse.urlencode({"model": rng.choice(MODELS), "method": rng.choice(METHODS), "limit": 50})
+            t0 = time.perf_counter()
+            status = await conn.get(f"/api/results?{query}")
+            latencies.append(time.perf_counter() - t0)
+            errors += status != 200
+            if think:
+                await asyncio.sleep(rng.uniform(0, 2 * think))  # mean think time, not in lockstep
 
-    await asyncio.gather(*(client(i) for i in range(clients)))
+    await asyncio.gather(*(client(c, i) for i, c in enumerate(conns)))
+    for c in conns:
+        c.writer.close()
     return latencies, errors
+
+
+def run_load(*args) -> tuple[list[float], int]:
+    try:
+        import uvloop
+
+        return uvloop.run(load(*args))
+    except ImportError:
+        return asyncio.run(load(*args))
 
 
 def main() -> None:
@@ -123,6 +162,10 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": url_db, "WTACRS_ADMIN_TOKEN": "bench"}
+    from app.db import Database
+    from app.main import migrate
+
+    migrate(Database(url_db))  # once, before several worker processes would race to do it
     server = subprocess.Popen(
         [
             sys.executable,
@@ -134,6 +177,9 @@ def main() -> None:
             str(port),
             "--log-level",
             "warning",
+            "--no-access-log",
+            "--workers",
+            str(args.workers),
         ],
         env=env,
     )
@@ -150,8 +196,8 @@ def main() -> None:
             fill(conn, args.rows)
             conn.commit()
             print(f"# filled {args.rows} result rows in {time.time() - t0:.1f} s")
-        asyncio.run(load(base, 5, 2))  # warm-up
-        latencies, errors = asyncio.run(load(base, args.clients, args.seconds, args.think))
+        run_load("127.0.0.1", port, 5, 2)  # warm-up
+        latencies, errors = run_load("127.0.0.1", port, args.clients, args.seconds, args.think)
         q = statistics.quantiles(latencies, n=100)
         print(
             f"# results query, {args.rows} rows in PostgreSQL, {args.clients} clients, {args.seconds:.0f} s, "

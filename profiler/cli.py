@@ -46,6 +46,31 @@ def _mib(v) -> str:
 
 
 def print_table(result: dict) -> None:
+    if result["results"] or not result.get("convergence"):
+        print_rows(result)
+    if result.get("convergence"):
+        table = Table(title=f"job {result['id']} · {result['status']} · convergence")
+        for col in ("method", "steps", "accuracy %", "val loss", "peak MiB", "cache KiB", "tokens/s", "train s"):
+            table.add_column(col)
+        for c in result["convergence"]:
+            table.add_row(
+                c["method"],
+                str(c["steps"]),
+                f"{100 * c['accuracy']:.2f}",
+                f"{c['val_loss']:.4f}",
+                _mib(c["peak_bytes"]),
+                f"{c['cache_bytes'] / 1024:,.1f}",
+                f"{c['tokens_per_s']:,.0f}",
+                f"{c['train_time_s']:,.0f}",
+            )
+        out_console.print(table)
+    for m in result["max_batch"]:
+        out_console.print(f"max batch {m['method']}: {m['max_batch_size']} ({len(m['probes'])} probes)")
+    for e in result["errors"]:
+        console.print(f"[red]{e.splitlines()[0]}[/red]")
+
+
+def print_rows(result: dict) -> None:
     table = Table(title=f"job {result['id']} · {result['status']}")
     for col in ("method", "batch", "mode", "peak MiB", "1st-step MiB", "activations MiB", "tokens/s", "oom", "error"):
         table.add_column(col)
@@ -63,10 +88,6 @@ def print_table(result: dict) -> None:
             (r.get("error") or "")[:60],
         )
     out_console.print(table)
-    for m in result["max_batch"]:
-        out_console.print(f"max batch {m['method']}: {m['max_batch_size']} ({len(m['probes'])} probes)")
-    for e in result["errors"]:
-        console.print(f"[red]{e.splitlines()[0]}[/red]")
 
 
 @app.callback()

@@ -13,7 +13,8 @@ _PEFT_TASK = {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal_lm
 _SAMPLER_METHOD = {"wtacrs": "wta", "crs": "crs", "topk": "topk"}
 
 
-def apply_method(model, family: str, method: Method, lora_r: int = 8):
+def apply_method(model, family: str, method: Method, lora_r: int = 8, **wtacrs_options):
+    """The method applied in place (peft wraps, so use the return value); wtacrs_options go to WTACRSConfig."""
     if method.checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # newer transformers 5.x name
@@ -31,6 +32,6 @@ def apply_method(model, family: str, method: Method, lora_r: int = 8):
             warnings.simplefilter("ignore", FutureWarning)
             model = peft.get_peft_model(model, config)
     if method.sampler:
-        config = wtacrs.WTACRSConfig(ratio=method.ratio, method=_SAMPLER_METHOD[method.sampler])
+        config = wtacrs.WTACRSConfig(ratio=method.ratio, method=_SAMPLER_METHOD[method.sampler], **wtacrs_options)
         wtacrs.apply_wtacrs(model, config)
     return model

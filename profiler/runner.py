@@ -26,6 +26,7 @@ def units_per_method(spec: JobSpec, method_name: str) -> int:
     n = len(spec.batch_sizes) if {"peak_memory", "throughput"} & set(spec.measurements) else 0
     n += "max_batch_size" in spec.measurements
     n += "fidelity" in spec.measurements and method.sampler is not None
+    n += spec.convergence.epochs if "convergence" in spec.measurements else 0
     return n
 
 
@@ -44,6 +45,13 @@ def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -
         emit({"kind": "max_batch", "data": trials.max_batch_row(spec, method)})
     if "fidelity" in spec.measurements and method.sampler is not None:
         emit({"kind": "fidelity", "data": trials.fidelity_rows(spec, method, min(spec.batch_sizes))})
+    if "convergence" in spec.measurements:
+        from .convergence import convergence_row
+
+        def tick(message: str) -> None:
+            emit({"kind": "tick", "data": message})
+
+        emit({"kind": "convergence", "data": convergence_row(spec, method, trials.device_for(spec), tick)})
 
 
 def die_with_parent() -> None:
@@ -81,6 +89,7 @@ def run_job(
         "results": [],
         "max_batch": [],
         "fidelity": [],
+        "convergence": [],
         "environment": None,
         "errors": [],
         "started_at": _now(),
@@ -106,11 +115,13 @@ def run_job(
                 result["max_batch"].append(data)
             elif kind == "fidelity":
                 result["fidelity"].extend(data)
+            elif kind == "convergence":
+                result["convergence"].append(data)
             elif kind == "error":
                 result["errors"].append(f"{method_name}: {data}")
-            if kind in ("row", "max_batch", "fidelity") and progress:
+            if kind in ("row", "max_batch", "fidelity", "tick") and progress:
                 done += 1
-                progress(done, total, f"{method_name}: {kind} done")
+                progress(done, total, f"{method_name}: {data if kind == 'tick' else kind + ' done'}")
 
         if isolate:
             if _run_isolated(spec, method_name, handle, should_cancel) == "cancelled":

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .methods_grammar import parse_method
-from .zoo_names import FAMILIES, PRESETS
+from .zoo_names import FAMILIES, PRESETS, PRETRAINED
 
-MEASUREMENTS = ("peak_memory", "max_batch_size", "throughput", "fidelity")
+MEASUREMENTS = ("peak_memory", "max_batch_size", "throughput", "fidelity", "convergence")
 
 
 class ModelSpec(BaseModel):
@@ -31,6 +31,28 @@ class MaxBatchSpec(BaseModel):
     headroom: float = Field(0.0, ge=0.0, lt=0.9, description="fraction of device memory kept free")
 
 
+class ConvergenceSpec(BaseModel):
+    """A real fine-tuning run per method: loss curve, held-out accuracy, wall time, peak memory."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str | None = Field(
+        None,
+        description="TSV with a header and sentence<TAB>label rows, on the worker's disk; "
+        "default: GLUE SST-2 train (../shared/data/sst2/train.tsv next to the checkout, or $WTACRS_SST2_TSV)",
+    )
+    train_examples: int | None = Field(2000, ge=1, description="training examples used (None: all that remain)")
+    val_examples: int = Field(1000, ge=1, description="held out from the same file with split_seed")
+    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="fixed across runs, so every seed sees one split")
+    epochs: int = Field(2, ge=1, le=100)
+    batch_size: int = Field(16, ge=1, le=4096)
+    adapter_lr: float = Field(5e-4, gt=0, description="learning rate for LoRA/VeLoRA methods (spec.lr for the rest)")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="linear warm-up, then linear decay to 0")
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    norm_source: Literal["running", "example", "activation"] = Field(
+        "running", description="gradient-norm factor for sampling methods; 'example' is the paper's per-example cache"
+    )
+
+
 class JobSpec(BaseModel):
     """What to profile. Unknown keys are errors, so a typo never silently falls back to a default."""
 
@@ -42,7 +64,7 @@ class JobSpec(BaseModel):
     batch_sizes: list[int] = Field(default_factory=list)
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-5, gt=0)
+    lr: float = Field(5e-5, gt=0)
     measurements: list[str] = Field(default_factory=lambda: ["peak_memory", "throughput"], min_length=1)
     device: Literal["cuda", "cpu", "estimate"] = "cpu"
     target_memory_gb: float | None = Field(None, gt=0, description="estimate mode: device memory to fit in (GiB)")
@@ -51,6 +73,7 @@ class JobSpec(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     lora_r: int = Field(8, ge=1, le=1024)
     max_batch: MaxBatchSpec = Field(default_factory=MaxBatchSpec)
+    convergence: ConvergenceSpec = Field(default_factory=ConvergenceSpec)
     timeout_s: float = Field(1800, gt=0, le=86400, description="per method, in the child process")
 
     @field_validator("model")
@@ -93,6 +116,14 @@ class JobSpec(BaseModel):
         per_batch = {"peak_memory", "throughput", "fidelity"} & set(self.measurements)
         if per_batch and not self.batch_sizes:
             raise ValueError(f"measurements {sorted(per_batch)} need batch_sizes (a list of positive integers)")
+        if "convergence" in self.measurements:
+            if not (isinstance(self.model, str) and self.model in PRETRAINED):
+                raise ValueError(
+                    f"measurement 'convergence' fine-tunes real pretrained weights with their tokenizer; "
+                    f"model {self.model_name!r} has none. Models with weights: {sorted(PRETRAINED)}"
+                )
+            if self.device == "estimate":
+                raise ValueError("device 'estimate' runs no kernels, so it cannot train; use device 'cpu' or 'cuda'")
         if self.device == "estimate":
             untraceable = [m for m in self.methods if parse_method(m).adapter == "velora"]
             if untraceable:

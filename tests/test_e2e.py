@@ -106,8 +106,11 @@ def test_serve_with_its_local_worker_runs_the_minimal_spec(server, tmp_path):
     assert len(workers) == 1, workers  # the local worker
     server_proc.terminate()
     server_proc.wait(timeout=30)
-    wait_for(lambda: not any(Path(f"/proc/{w}").exists() and "zombie" not in _state(w) for w in workers), 15,
-             "the local worker to exit with its server")
+    wait_for(
+        lambda: not any(Path(f"/proc/{w}").exists() and "zombie" not in _state(w) for w in workers),
+        15,
+        "the local worker to exit with its server",
+    )
 
 
 def test_a_worker_killed_mid_job_hands_it_to_another(server, tmp_path):

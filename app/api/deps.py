@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,7 +21,9 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Cheap dependencies are `async def`: FastAPI runs a sync one in the thread pool, a hop that costs
+# more than the work here. Only database I/O goes to a thread.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -41,7 +44,13 @@ class Principal:
     role: str  # admin | submit | worker | read | anonymous
 
 
-def get_principal(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+def _lookup_token(db, token: str) -> tuple[str, str, bool] | None:
+    with db.reader() as conn:
+        query = select(Token.name, Token.role, Token.revoked).where(Token.token_hash == hash_token(token))
+        return conn.execute(query).first()
+
+
+async def get_principal(request: Request, settings: SettingsDep) -> Principal:
     header = request.headers.get("authorization")
     if not header:
         return Principal("anonymous", "anonymous")
@@ -54,7 +63,7 @@ def get_principal(request: Request, session: SessionDep, settings: SettingsDep) 
         )
     if settings.admin_token and hmac.compare_digest(token.encode(), settings.admin_token.encode()):
         return Principal("admin", "admin")
-    found = session.execute(select(Token).where(Token.token_hash == hash_token(token))).scalar_one_or_none()
+    found = await run_in_threadpool(_lookup_token, request.app.state.db, token)
     if found is None or found.revoked:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
@@ -66,7 +75,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def require(*roles: str):
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if principal.role == "admin" or principal.role in roles:
             return principal
         if principal.role == "anonymous":
@@ -82,7 +91,7 @@ def require(*roles: str):
     return check
 
 
-def reader(principal: PrincipalDep, settings: SettingsDep) -> Principal:
+async def reader(principal: PrincipalDep, settings: SettingsDep) -> Principal:
     if settings.open_reads or principal.role != "anonymous":
         return principal
     raise HTTPException(

@@ -4,6 +4,8 @@ browser only draws, it never receives rows it does not plot)."""
 from __future__ import annotations
 
 MIB = 2**20
+# plotly's default qualitative colours, assigned per method so a method's traces match across series
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "other")
 
 
@@ -118,6 +120,59 @@ def fidelity(rows: list[dict]) -> dict:
             "layer",
             "relative error",
             xaxis={"tickangle": -45, "automargin": True},
+        ),
+    }
+
+
+def loss_curves(rows: list[dict], window: int = 10) -> dict:
+    """Training loss per method on one pair of axes (a trailing mean over `window` steps: per-step
+    losses of small batches are mostly batch noise), plus the held-out loss at each epoch end."""
+    data = []
+    for i, r in enumerate(rows):
+        color = PALETTE[i % len(PALETTE)]
+        losses = r["losses"]
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(losses))
+        ]
+        steps = list(range(1, len(losses) + 1))
+        data.append(_line(r["method"], steps, smooth, mode="lines", legendgroup=r["method"], line={"color": color}))
+        evals = r.get("evals") or []
+        data.append(
+            _line(
+                f"{r['method']} (held-out)",
+                [e["step"] for e in evals],
+                [e["loss"] for e in evals],
+                mode="markers",
+                legendgroup=r["method"],
+                marker={"symbol": "diamond", "size": 9, "color": color},
+            )
+        )
+    return {"data": data, "layout": _layout(f"Training loss (mean of {window} steps)", "step", "loss")}
+
+
+def accuracy_vs_memory(rows: list[dict]) -> dict:
+    data = [
+        _line(
+            r["method"],
+            [r["peak_bytes"] / MIB],
+            [100 * r["accuracy"]],
+            mode="markers+text",
+            text=[r["method"]],
+            textposition="top center",
+            marker={"size": 12, "color": PALETTE[i % len(PALETTE)]},
+        )
+        for i, r in enumerate(rows)
+    ]
+    peaks = [r["peak_bytes"] / MIB for r in rows]
+    pad = 0.15 * (max(peaks) - min(peaks)) or 0.15 * max(peaks)  # room for the method labels
+    return {
+        "data": data,
+        "layout": _layout(
+            "Held-out accuracy vs peak memory",
+            "peak MiB (measured)",
+            "accuracy %",
+            showlegend=False,
+            xaxis={"title": {"text": "peak MiB (measured)"}, "range": [min(peaks) - pad, max(peaks) + pad]},
         ),
     }
 

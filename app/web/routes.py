@@ -91,6 +91,9 @@ def job_page(request: Request, job_id: str, session: SessionDep, _: Reader) -> H
         figures["max_batch"] = charts.max_batch_bars(job.max_batch)
     if job.fidelity:
         figures["fidelity"] = charts.fidelity(job.fidelity)
+    if job.convergence:
+        figures["loss"] = charts.loss_curves(job.convergence)
+        figures["accuracy"] = charts.accuracy_vs_memory(job.convergence)
     return page(
         request,
         "job.html",

@@ -36,6 +36,32 @@ ROWS = [
     for m, f in (("full", 1.0), ("wtacrs@0.3", 0.33))
     for b in (8, 16, 32, 64)
 ]
+CONVERGENCE = [
+    {
+        "method": m,
+        "seed": 0,
+        "data": "train.tsv",
+        "train_examples": 1600,
+        "val_examples": 872,
+        "epochs": 2,
+        "steps": 200,
+        "batch_size": 16,
+        "seq_len": 64,
+        "losses": [0.7 * (1 - i / 300) + 0.01 * (i % 7) for i in range(200)],
+        "evals": [
+            {"epoch": 1, "step": 100, "accuracy": acc - 0.02, "loss": 0.4},
+            {"epoch": 2, "step": 200, "accuracy": acc, "loss": 0.33},
+        ],
+        "accuracy": acc,
+        "val_loss": 0.33,
+        "train_time_s": 300.0,
+        "tokens_per_s": 850.0,
+        "peak_bytes": peak * 2**20,
+        "peak_measured_over": "first 2 steps",
+        "cache_bytes": 0,
+    }
+    for m, acc, peak in (("full", 0.861, 420), ("wtacrs@0.3", 0.858, 300))
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +85,22 @@ def site(tmp_path_factory):
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    with TestClient(app) as api:  # a finished job, through the worker protocol
+    with TestClient(app) as api:  # finished jobs, through the worker protocol
         h = {"Authorization": f"Bearer {TOKEN}"}
-        spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {"batch_sizes": [8, 16, 32, 64]}
-        job_id = api.post("/api/jobs", json=spec, headers=h).json()["id"]
         w = api.post("/api/workers/register", json={"name": "w"}, headers=h).json()["id"]
-        attempt = api.post(f"/api/workers/{w}/claim", headers=h).json()["attempt"]
-        result = {
-            "results": ROWS,
-            "max_batch": [{"method": "full", "max_batch_size": 48}, {"method": "wtacrs@0.3", "max_batch_size": 140}],
-            "environment": {"device_name": "cpu (x86_64)"},
-            "errors": [],
-        }
-        api.post(f"/api/workers/{w}/jobs/{job_id}/result", json={"attempt": attempt, "result": result}, headers=h)
+
+        def finish(spec, result):
+            job_id = api.post("/api/jobs", json=spec, headers=h).json()["id"]
+            attempt = api.post(f"/api/workers/{w}/claim", headers=h).json()["attempt"]
+            result = {"environment": {"device_name": "cpu (x86_64)"}, "errors": [], **result}
+            api.post(f"/api/workers/{w}/jobs/{job_id}/result", json={"attempt": attempt, "result": result}, headers=h)
+            return job_id
+
+        spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {"batch_sizes": [8, 16, 32, 64]}
+        max_batch = [{"method": "full", "max_batch_size": 48}, {"method": "wtacrs@0.3", "max_batch_size": 140}]
+        job_id = finish(spec, {"results": ROWS, "max_batch": max_batch})
+        spec = json.loads((ROOT / "examples" / "accuracy-minilm-sst2.json").read_text())
+        convergence_id = finish(spec, {"convergence": CONVERGENCE})
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -85,7 +114,12 @@ def site(tmp_path_factory):
                 "--disable-sync",
             ],
         )
-        yield {"url": f"http://127.0.0.1:{port}", "job_id": job_id, "browser": browser}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "job_id": job_id,
+            "convergence_id": convergence_id,
+            "browser": browser,
+        }
         browser.close()
     server.should_exit = True
     thread.join(timeout=10)
@@ -107,6 +141,20 @@ def test_job_page_draws_its_charts(site):
     shot(page, "job")
 
 
+def test_convergence_job_draws_loss_curves_and_accuracy_vs_memory(site):
+    page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
+    page.goto(f"{site['url']}/jobs/{site['convergence_id']}")
+    for chart in ("loss", "accuracy"):
+        page.wait_for_selector(f"#chart-{chart} .main-svg", timeout=15000)
+    # one line and one held-out marker series per method, on the same axes
+    assert page.locator("#chart-loss .trace").count() == 4
+    assert page.locator("#chart-accuracy .trace").count() == 2
+    table = page.inner_text("#convergence")
+    assert "86.10%" in table and "85.80%" in table
+    assert page.locator("#chart-memory").inner_html() == ""  # no memory rows in this job: nothing drawn
+    shot(page, "job-convergence")
+
+
 def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
     page.goto(site["url"] + "/")
@@ -123,7 +171,7 @@ def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page.wait_for_selector("#status")  # the job exists as soon as the 201 arrives (committed first)
     assert page.inner_text("#status") == "queued"
     page.goto(site["url"] + "/")
-    assert page.locator("#jobs tr").count() == 3  # header + the finished job + the new one
+    assert page.locator("#jobs tr").count() == 4  # header + the two finished jobs + the new one
     shot(page, "jobs")
 
 

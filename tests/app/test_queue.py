@@ -1,3 +1,4 @@
+import datetime as dt
 import json
 import threading
 import time
@@ -68,6 +69,66 @@ def test_claim_heartbeat_result(client):
     # a second post of the same attempt is refused: the job is finished
     r = client.post(f"/api/workers/{w}/jobs/{job_id}/result", json={"attempt": 1, "result": result}, headers=auth())
     assert r.status_code == 409
+
+
+def test_results_query_matches_the_export_row_for_row(client):
+    """The query's JSON is written by PostgreSQL itself on that database; it must say exactly
+    what the Python-written export says, in the same order."""
+    for n in range(3):
+        job_id, w = submit(client), register(client, f"w{n}")
+        client.post(f"/api/workers/{w}/claim", headers=auth())
+        rows = [{**ROW, "batch_size": b, "peak_bytes": 1000 * b + n, "tokens_per_s": 1.5 * b} for b in (1, 2, 4)]
+        rows[0] |= {"oom": True, "peak_bytes": None, "error": "out of memory"}
+        result = {"results": rows, "environment": {"device_name": f"gpu {n}"}, "errors": []}
+        client.post(f"/api/workers/{w}/jobs/{job_id}/result", json={"attempt": 1, "result": result}, headers=auth())
+    params = {"model": "bert-tiny", "method": "full", "limit": 5, "offset": 2}
+    query = client.get("/api/results", params=params)
+    export = client.get("/api/results/export", params={**params, "format": "json"})
+    assert query.status_code == export.status_code == 200
+    def parsed(rows):  # both ISO 8601; PostgreSQL drops trailing zeros of the fraction
+        return [{**r, "created_at": dt.datetime.fromisoformat(r["created_at"])} for r in rows]
+
+    assert parsed(query.json()) == parsed(export.json()) and len(query.json()) == 5
+    assert query.json()[0]["device_name"] == "gpu 2" and query.json()[-1]["device_name"] == "gpu 0"
+    assert client.get("/api/results", params={"model": "nothing"}).json() == []
+    # PostgreSQL refuses NUL in text: still a clean answer, never a 5xx
+    r = client.get("/api/results", params={"model": "a\x00b", "method": ["x\x00"]})
+    assert r.status_code < 500 and (r.status_code != 200 or r.json() == []), r.text
+
+
+def test_convergence_results_are_kept_and_served(client):
+    spec = {
+        "model": "all-minilm-l6-v2",
+        "methods": ["full", "wtacrs@0.3"],
+        "seq_len": 64,
+        "measurements": ["convergence"],
+    }
+    r = client.post("/api/jobs", json=spec, headers=auth())
+    assert r.status_code == 201, r.text
+    job_id, w = r.json()["id"], register(client)
+    client.post(f"/api/workers/{w}/claim", headers=auth())
+    rows = [
+        {
+            "method": m,
+            "accuracy": a,
+            "losses": [0.7, 0.5],
+            "evals": [{"epoch": 1, "step": 2, "accuracy": a, "loss": 0.4}],
+            "peak_bytes": p,
+            "cache_bytes": 0,
+        }
+        for m, a, p in (("full", 0.86, 400), ("wtacrs@0.3", 0.85, 300))
+    ]
+    result = {"results": [], "convergence": rows, "environment": {}, "errors": []}
+    r = client.post(f"/api/workers/{w}/jobs/{job_id}/result", json={"attempt": 1, "result": result}, headers=auth())
+    assert r.status_code == 204, r.text
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["convergence"] == rows
+
+
+def test_convergence_needs_a_model_with_weights(client):
+    spec = {**MINIMAL, "measurements": ["convergence"]}
+    r = client.post("/api/jobs", json=spec, headers=auth())
+    assert r.status_code == 422 and "Models with weights: ['all-minilm-l6-v2']" in r.text
 
 
 def test_expired_lease_goes_back_and_the_old_worker_is_refused(make_client):

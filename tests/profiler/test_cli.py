@@ -45,3 +45,14 @@ def test_a_hung_method_is_killed_and_recorded():
     result = run_job(spec, isolate=True)
     assert result["status"] == "failed"
     assert len(result["errors"]) == 2 and all("timed out after 0.5 s" in e for e in result["errors"])
+
+
+def test_convergence_rows_get_their_own_table(capsys):
+    from profiler.cli import print_table
+
+    row = {"method": "wtacrs@0.3", "steps": 200, "accuracy": 0.8429, "val_loss": 0.3629, "peak_bytes": 474 * 2**20}
+    row |= {"cache_bytes": 9 * 1024, "tokens_per_s": 561.0, "train_time_s": 365.0}
+    print_table({"id": "j1", "status": "succeeded", "results": [], "max_batch": [], "errors": [], "convergence": [row]})
+    out = capsys.readouterr().out
+    assert "convergence" in out and "84.29" in out and "474" in out
+    assert "1st-step MiB" not in out  # no empty memory table for a job that measured none

@@ -42,6 +42,16 @@ def test_family_with_overrides():
         ({"seq_len": 0}, "greater than or equal to 1"),
         ({"device": "estimate", "measurements": ["peak_memory"], "methods": ["velora"]}, "FakeTensorMode cannot trace"),
         ({"batch_size": [2]}, "Extra inputs are not permitted"),
+        (
+            {"measurements": ["convergence"]},
+            "model 'bert-tiny' has none. Models with weights: \\['all-minilm-l6-v2'\\]",
+        ),
+        (
+            {"model": "all-minilm-l6-v2", "measurements": ["convergence"], "device": "estimate"},
+            "cannot train",
+        ),
+        ({"convergence": {"norm_source": "oracle"}}, "'running', 'example' or 'activation'"),
+        ({"convergence": {"epochs": 0}}, "greater than or equal to 1"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(change, message):

@@ -58,6 +58,7 @@ def public(session, job: Job) -> JobPublic:
         results=list(rows),
         max_batch=outcome.get("max_batch") or [],
         fidelity=outcome.get("fidelity") or [],
+        convergence=outcome.get("convergence") or [],
         environment=outcome.get("environment"),
         errors=outcome.get("errors") or [],
     )

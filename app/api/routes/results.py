@@ -6,9 +6,11 @@ import csv
 import datetime as dt
 import io
 import json
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import select
 
@@ -34,17 +36,41 @@ COLUMNS = (
 )
 
 
-def _where(model, method, device, dtype, mode, since, until, job_id=None) -> list:
-    conditions = (
-        ResultRow.job_id == job_id if job_id else None,
-        ResultRow.model == model if model else None,
-        ResultRow.method.in_(method) if method else None,
-        ResultRow.mode == (mode or device) if (mode or device) else None,
-        ResultRow.dtype == dtype if dtype else None,
-        ResultRow.created_at >= since if since else None,
-        ResultRow.created_at < until if until else None,
-    )
-    return [c for c in conditions if c is not None]
+@dataclass(frozen=True)
+class Filters:
+    equal: dict  # column -> value
+    methods: list[str] | None
+    since: dt.datetime | None
+    until: dt.datetime | None
+    limit: int
+    offset: int
+
+    @property
+    def model(self) -> str | None:
+        return self.equal.get("model")
+
+    @property
+    def where(self) -> list:
+        conditions = [getattr(ResultRow, c) == v for c, v in self.equal.items()]
+        conditions += [ResultRow.method.in_(self.methods)] if self.methods else []
+        conditions += [ResultRow.created_at >= self.since] if self.since else []
+        conditions += [ResultRow.created_at < self.until] if self.until else []
+        return conditions
+
+    def sql(self) -> tuple[str, dict]:
+        """The same conditions as driver-level SQL (column names are ours, values are bound)."""
+        parts = [f"{c} = %({c})s" for c in self.equal]
+        params = dict(self.equal)
+        if self.methods:
+            parts.append("method = ANY(%(methods)s)")
+            params["methods"] = list(self.methods)
+        if self.since:
+            parts.append("created_at >= %(since)s")
+            params["since"] = self.since
+        if self.until:
+            parts.append("created_at < %(until)s")
+            params["until"] = self.until
+        return " AND ".join(parts) or "TRUE", params
 
 
 def _ordered(stmt, f: Filters):
@@ -57,40 +83,69 @@ def _query(session, f: Filters) -> list[ResultRow]:
     return list(session.execute(_ordered(select(ResultRow), f)).scalars())
 
 
-def _flat_rows(session, f: Filters) -> list[dict]:
-    """The flat columns as plain dicts: no ORM objects, no JSON blob (the hot path)."""
+def _flat_rows(conn, f: Filters) -> list[dict]:
+    """The flat columns as plain dicts: no ORM objects, no JSON blob."""
     stmt = _ordered(select(*(getattr(ResultRow, c) for c in COLUMNS)), f)
-    return [dict(r) for r in session.execute(stmt).mappings()]
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def _iso(value):
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _json(rows: list[dict], headers: dict | None = None) -> Response:
-    return Response(json.dumps(rows, default=str), media_type="application/json", headers=headers)
+    return Response(json.dumps(rows, default=_iso), media_type="application/json", headers=headers)
 
 
-class Filters:
-    def __init__(
-        self,
-        model: str | None = None,
-        method: list[str] | None = Query(None),
-        device: str | None = Query(None, description="cuda, cpu or estimate (same as mode)"),
-        dtype: str | None = None,
-        mode: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        job_id: str | None = Query(None, description="one job's rows"),
-        limit: int = Query(1000, ge=1, le=100_000),
-        offset: int = Query(0, ge=0, le=1_000_000_000),
-    ):
-        self.model, self.limit, self.offset = model, limit, offset
-        self.where = _where(model, method, device, dtype, mode, since, until, job_id)
+_PG_PAGE = (
+    "SELECT coalesce(json_agg(json_build_object({fields}) ORDER BY created_at DESC, id DESC)::text, '[]') "
+    "FROM (SELECT id, {columns} FROM results WHERE {where} ORDER BY created_at DESC, id DESC "
+    "LIMIT %(limit)s OFFSET %(offset)s) AS page"
+)
+_PG_FIELDS = ", ".join(f"'{c}', {c}" for c in COLUMNS)
 
 
-FiltersDep = Annotated[Filters, Depends()]
+def _rows_json(conn, f: Filters) -> str:
+    """The flat rows as a JSON array. On PostgreSQL the database writes the JSON and the SQL goes
+    to the driver as text: building SQLAlchemy expressions and a Python object per row were
+    most of this endpoint's CPU time (benchmarks/RESULTS.md). Elsewhere Python does it."""
+    if conn.dialect.name != "postgresql":
+        return json.dumps(_flat_rows(conn, f), default=_iso)
+    where, params = f.sql()
+    sql = _PG_PAGE.format(fields=_PG_FIELDS, columns=", ".join(COLUMNS), where=where)
+    return conn.exec_driver_sql(sql, {**params, "limit": f.limit, "offset": f.offset}).scalar_one()
+
+
+async def filters(
+    model: str | None = None,
+    method: list[str] | None = Query(None),
+    device: str | None = Query(None, description="cuda, cpu or estimate (same as mode)"),
+    dtype: str | None = None,
+    mode: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    job_id: str | None = Query(None, description="one job's rows"),
+    limit: int = Query(1000, ge=1, le=100_000),
+    offset: int = Query(0, ge=0, le=1_000_000_000),
+) -> Filters:
+    equal = {"job_id": job_id, "model": model, "mode": mode or device, "dtype": dtype}
+    return Filters({c: v for c, v in equal.items() if v}, method, since, until, limit, offset)
+
+
+FiltersDep = Annotated[Filters, Depends(filters)]
 
 
 @router.get("", response_model=list[dict])
-def query_results(session: SessionDep, _: Reader, f: FiltersDep) -> Response:
-    return _json(_flat_rows(session, f))
+async def query_results(request: Request, _: Reader, f: FiltersDep) -> Response:
+    """Rows across jobs, newest first. The hot path: one thread hop, one autocommit round trip."""
+
+    def read() -> Response:
+        with request.app.state.db.reader() as conn:
+            return Response(_rows_json(conn, f), media_type="application/json")
+
+    return await run_in_threadpool(read)
 
 
 @router.get("/compare")
