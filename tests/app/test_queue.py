@@ -85,6 +85,7 @@ def test_results_query_matches_the_export_row_for_row(client):
     query = client.get("/api/results", params=params)
     export = client.get("/api/results/export", params={**params, "format": "json"})
     assert query.status_code == export.status_code == 200
+
     def parsed(rows):  # both ISO 8601; PostgreSQL drops trailing zeros of the fraction
         return [{**r, "created_at": dt.datetime.fromisoformat(r["created_at"])} for r in rows]
 
