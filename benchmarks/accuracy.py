@@ -8,7 +8,7 @@ Each seed is one job: every method sees the same weights, batches and number of 
 
 Usage: python benchmarks/accuracy.py [--seeds 0 1 2] [--methods full wtacrs@0.3 ...]
            [--side crs@0.3 topk@0.3 (first seed only, or --side-every-seed)] [--example-cache]
-           [--tag -side] [--train 1600] [--epochs 2]
+           [--tag=-side] [--train 1600] [--epochs 2]
        python benchmarks/accuracy.py --report out/accuracy   (re-print a finished run)
 """
 
