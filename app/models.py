@@ -36,9 +36,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_message: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    outcome: Mapped[dict | None] = mapped_column(
-        JSON, nullable=True
-    )  # environment, max_batch, fidelity, convergence, errors
+    # environment, max_batch, fidelity, convergence, errors
+    outcome: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     submitted_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

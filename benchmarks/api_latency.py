@@ -15,16 +15,14 @@ import datetime as dt
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.parse
-import uuid
 
-import httpx
 import psycopg
+from local_service import create_schema, free_port, wait_healthy
 
 MODELS = ["bert-base", "bert-large", "t5-base", "t5-large", "gpt2", "llama-1b"]
 METHODS = ["full", "lora", "checkpointing", "wtacrs@0.3", "wtacrs@0.1", "lora+wtacrs@0.3", "crs@0.3", "topk@0.3"]
@@ -154,18 +152,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     ap.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(args.db.replace("+psycopg", ""), autocommit=True)
-    admin.execute(f"CREATE SCHEMA {schema}")
-    url_db = f"{args.db}?options=-csearch_path%3D{schema}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": url_db, "WTACRS_ADMIN_TOKEN": "bench"}
+    schema = create_schema(args.db, "bench")
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": schema.url, "WTACRS_ADMIN_TOKEN": "bench"}
     from app.db import Database
     from app.main import migrate
 
-    migrate(Database(url_db))  # once, before several worker processes would race to do it
+    migrate(Database(schema.url))  # once, before several worker processes would race to do it
     server = subprocess.Popen(
         [
             sys.executable,
@@ -185,13 +178,8 @@ def main() -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        with psycopg.connect(args.db.replace("+psycopg", "") + f"?options=-csearch_path%3D{schema}") as conn:
+        wait_healthy(base)
+        with psycopg.connect(schema.dsn) as conn:
             t0 = time.time()
             fill(conn, args.rows)
             conn.commit()
@@ -209,7 +197,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        schema.drop()
 
 
 if __name__ == "__main__":

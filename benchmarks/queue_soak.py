@@ -14,15 +14,14 @@ import collections
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import httpx
 import psycopg
+from local_service import create_schema, free_port, wait_healthy
 
 TOKEN = "soak-admin"
 SPEC = {
@@ -45,18 +44,13 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=1500, help="give up after this many seconds")
     ap.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
-    schema = f"soak_{uuid.uuid4().hex[:8]}"
-    plain = args.db.replace("+psycopg", "")
-    admin = psycopg.connect(plain, autocommit=True)
-    admin.execute(f"CREATE SCHEMA {schema}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    schema = create_schema(args.db, "soak")
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     logs = tempfile.mkdtemp()
     env = {
         **os.environ,
-        "DATABASE_URL": f"{args.db}?options=-csearch_path%3D{schema}",
+        "DATABASE_URL": schema.url,
         "WTACRS_ADMIN_TOKEN": TOKEN,
         "WTACRS_TOKEN": TOKEN,
         "WTACRS_LEASE_SECONDS": str(args.lease),
@@ -72,12 +66,7 @@ def main() -> None:
     ]
     t0 = time.time()
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_healthy(url)
         h = {"Authorization": f"Bearer {TOKEN}"}
         ids = [
             httpx.post(url + "/api/jobs", json={**SPEC, "seed": i}, headers=h, timeout=30).json()["id"]
@@ -104,7 +93,7 @@ def main() -> None:
                 break
             time.sleep(2)
         elapsed = time.time() - t0
-        with psycopg.connect(plain + f"?options=-csearch_path%3D{schema}") as conn:
+        with psycopg.connect(schema.dsn) as conn:
             events = conn.execute("SELECT job_id, kind, actor, attempt FROM job_events ORDER BY id").fetchall()
             stored = dict(conn.execute("SELECT job_id, count(*) FROM results GROUP BY job_id").fetchall())
         by_job = collections.defaultdict(list)
@@ -143,7 +132,7 @@ def main() -> None:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        schema.drop()
 
 
 if __name__ == "__main__":

@@ -18,15 +18,14 @@ import torch
 
 import wtacrs
 
-from .measure import CPUAllocatorRecord, make_optimizer
+from .measure import CPUAllocatorRecord, autocast, make_optimizer
 from .methods import apply_method
 from .methods_grammar import Method
 from .spec import JobSpec
 from .textdata import Encoded, default_sst2_path, read_tsv, split
 from .zoo import load_pretrained
 
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PEAK_STEPS = 2  # CPU: the allocator record spans loading and this many steps (optimizer state included)
+PEAK_STEPS = 2  # CPU: the allocator record spans this many steps (the second has optimizer state)
 
 
 def _schedule(optimizer, total_steps: int, warmup_fraction: float):
@@ -43,7 +42,7 @@ def _schedule(optimizer, total_steps: int, warmup_fraction: float):
 def _tensor_bytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
-        key = t.untyped_storage().data_ptr()
+        key = t.untyped_storage()._cdata  # one count per storage, as wtacrs.memory keys them
         if key not in seen:
             seen.add(key)
             total += t.untyped_storage().nbytes()
@@ -51,14 +50,14 @@ def _tensor_bytes(tensors) -> int:
 
 
 @torch.no_grad()
-def evaluate(model, data: Encoded, batch_size: int, autocast) -> tuple[float, float]:
+def evaluate(model, data: Encoded, batch_size: int, amp) -> tuple[float, float]:
     """(accuracy, mean loss) on `data`, dropout off."""
     model.eval()
     correct, loss_sum = 0, 0.0
     for start in range(0, len(data), batch_size):
         ids = torch.arange(start, min(start + batch_size, len(data)), device=data.labels.device)
         batch = data.batch(ids)
-        with autocast():
+        with amp():
             out = model(**batch)
         correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         loss_sum += float(out.loss) * len(ids)
@@ -71,6 +70,11 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
     path = conf.data or str(default_sst2_path())
     sentences, labels = read_tsv(path)
     parts = split(labels, conf.val_examples, conf.train_examples, conf.split_seed)
+    steps_per_epoch = len(parts.train_ids) // conf.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"convergence.batch_size={conf.batch_size} exceeds the {len(parts.train_ids)} training examples; lower it"
+        )
     cuda = device.type == "cuda"
     torch.manual_seed(spec.seed)  # the new classifier head, dropout and sampling draws
     _, model, tokenizer = load_pretrained(spec.model, parts.num_labels)
@@ -97,18 +101,10 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
         if spec.optimizer == "adamw":
             for group in optimizer.param_groups:
                 group["weight_decay"] = conf.weight_decay
-        steps_per_epoch = len(train) // conf.batch_size
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"convergence.batch_size={conf.batch_size} exceeds the {len(train)} training examples; lower it"
-            )
-        total = steps_per_epoch * conf.epochs
-        scheduler = _schedule(optimizer, total, conf.warmup_fraction)
+        scheduler = _schedule(optimizer, steps_per_epoch * conf.epochs, conf.warmup_fraction)
 
-        def autocast():
-            if spec.dtype == "fp32":
-                return contextlib.nullcontext()
-            return torch.autocast(device.type, dtype=_AMP[spec.dtype])
+        def amp():
+            return autocast(device.type, spec.dtype)
 
         losses, evals, train_time, step = [], [], 0.0, 0
         order_gen = torch.Generator().manual_seed(spec.seed)
@@ -117,7 +113,7 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
             for b in range(steps_per_epoch):
                 ids = order[b * conf.batch_size : (b + 1) * conf.batch_size].to(device)
                 t0 = time.perf_counter()
-                with wtacrs.example_ids(ids), autocast():
+                with wtacrs.example_ids(ids), amp():
                     loss = model(**train.batch(ids)).loss
                 loss.backward()
                 optimizer.step()
@@ -132,7 +128,7 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
                 if recording and step == PEAK_STEPS:
                     record.__exit__(None, None, None)
                     recording = False
-            accuracy, val_loss = evaluate(model, val, conf.batch_size, autocast)
+            accuracy, val_loss = evaluate(model, val, conf.batch_size, amp)
             evals.append({"epoch": epoch, "step": step, "accuracy": accuracy, "loss": val_loss})
             tick(f"epoch {epoch}/{conf.epochs}: accuracy {accuracy:.4f}")
     finally:

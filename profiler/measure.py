@@ -26,6 +26,13 @@ from .zoo import build_model, make_batch
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device_type: str, dtype: str):
+    """The spec's dtype as a context: fp32 runs as is, bf16/fp16 under autocast (fp32 weights)."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=_AMP[dtype])
+
+
 @dataclass
 class Trial:
     model: torch.nn.Module
@@ -35,9 +42,7 @@ class Trial:
     dtype: str
 
     def autocast(self):
-        if self.dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_AMP[self.dtype])
+        return autocast(self.device.type, self.dtype)
 
     def forward_backward(self, saved: SavedTensorCounter | None = None) -> None:
         """One forward and backward; `saved` counts what the forward keeps for backward."""

@@ -3,6 +3,8 @@ browser only draws, it never receives rows it does not plot)."""
 
 from __future__ import annotations
 
+import itertools
+
 MIB = 2**20
 # plotly's default qualitative colours, assigned per method so a method's traces match across series
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -131,9 +133,8 @@ def loss_curves(rows: list[dict], window: int = 10) -> dict:
     for i, r in enumerate(rows):
         color = PALETTE[i % len(PALETTE)]
         losses = r["losses"]
-        smooth = [
-            sum(losses[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(losses))
-        ]
+        sums = [0.0, *itertools.accumulate(losses)]
+        smooth = [(sums[n] - sums[max(0, n - window)]) / min(n, window) for n in range(1, len(losses) + 1)]
         steps = list(range(1, len(losses) + 1))
         data.append(_line(r["method"], steps, smooth, mode="lines", legendgroup=r["method"], line={"color": color}))
         evals = r.get("evals") or []

@@ -100,11 +100,12 @@ def _json(rows: list[dict], headers: dict | None = None) -> Response:
 
 
 _PG_PAGE = (
-    "SELECT coalesce(json_agg(json_build_object({fields}) ORDER BY created_at DESC, id DESC)::text, '[]') "
-    "FROM (SELECT id, {columns} FROM results WHERE {where} ORDER BY created_at DESC, id DESC "
-    "LIMIT %(limit)s OFFSET %(offset)s) AS page"
+    "SELECT coalesce(json_agg(json_build_object("
+    + ", ".join(f"'{c}', {c}" for c in COLUMNS)
+    + ") ORDER BY created_at DESC, id DESC)::text, '[]') FROM (SELECT id, "
+    + ", ".join(COLUMNS)
+    + " FROM results WHERE {where} ORDER BY created_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s) AS page"
 )
-_PG_FIELDS = ", ".join(f"'{c}', {c}" for c in COLUMNS)
 
 
 def _rows_json(conn, f: Filters) -> str:
@@ -114,8 +115,9 @@ def _rows_json(conn, f: Filters) -> str:
     if conn.dialect.name != "postgresql":
         return json.dumps(_flat_rows(conn, f), default=_iso)
     where, params = f.sql()
-    sql = _PG_PAGE.format(fields=_PG_FIELDS, columns=", ".join(COLUMNS), where=where)
-    return conn.exec_driver_sql(sql, {**params, "limit": f.limit, "offset": f.offset}).scalar_one()
+    return conn.exec_driver_sql(
+        _PG_PAGE.format(where=where), {**params, "limit": f.limit, "offset": f.offset}
+    ).scalar_one()
 
 
 async def filters(
