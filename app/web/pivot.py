@@ -7,12 +7,18 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from app.models import ResultRow
+from app.web.charts import memory_text
 
 
 @dataclass
 class Cell:
     row: ResultRow
     ratio: float | None  # baseline peak / this peak: how many times less memory than the baseline
+
+    @property
+    def peak_text(self) -> str:
+        """The peak in its own unit (96.7 MiB, 2.13 GiB): one fixed GiB column read 0.09 for every small model."""
+        return "OOM" if self.row.oom else memory_text(self.row.peak_bytes)
 
 
 def latest_rows(session, model=None, methods=None, dtype=None, mode=None, jobs=None) -> list[ResultRow]:

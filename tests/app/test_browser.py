@@ -36,6 +36,57 @@ ROWS = [
     for m, f in (("full", 1.0), ("wtacrs@0.3", 0.33))
     for b in (8, 16, 32, 64)
 ]
+# a tiny model: peaks near 96 MiB, full and lora 0.003 MiB apart (a zoomed axis made that look
+# large), wtacrs and lora+wtacrs identical (one line hid the other), batch 2..4 (ticks fell at 2.5)
+SMALL_METHODS = (("full", 0.0), ("lora", 0.003), ("wtacrs@0.3", -0.3), ("lora+wtacrs@0.3", -0.3))
+SMALL_ROWS = [
+    {
+        "method": m,
+        "batch_size": b,
+        "mode": "cpu",
+        "peak_bytes": int((96 + d + 0.4 * b) * 2**20),
+        "tokens_per_s": 500.0 * b,
+        "oom": False,
+        "error": None,
+        "breakdown": {
+            "parameters": int(30 * 2**20),
+            "gradients": int(30 * 2**20),
+            "optimizer_state": int(35 * 2**20),
+            "activations": int((1 + d + 0.4 * b) * 2**20),
+            "other": 0,
+        },
+    }
+    for m, d in SMALL_METHODS
+    for b in (2, 3, 4)
+]
+LAYERS = [f"transformer.h.{i}.mlp.{n}" for i in (0, 1) for n in ("c_fc", "c_proj")]
+FIDELITY = [
+    {
+        "method": "wtacrs@0.3",
+        "batch_size": 4,
+        "layer": layer,
+        "relative_error": 0.4 + 0.05 * i,
+        "relative_bias": 0.01,
+        "relative_variance": 0.16,
+        "draws": 8,
+        "exact_norm": 2.5,
+    }
+    for i, layer in enumerate(LAYERS)
+] + [
+    # the exact gradient is zero here: the old profiler form (1e-30, an error of 0.0) and the new (nulls)
+    {
+        "method": "lora+wtacrs@0.3",
+        "batch_size": 4,
+        "layer": layer,
+        "draws": 8,
+        **(
+            {"relative_error": 0.0, "relative_bias": 0.0, "relative_variance": 0.0, "exact_norm": 1e-30}
+            if i < 2
+            else {"relative_error": None, "relative_bias": None, "relative_variance": None, "exact_norm": 0.0}
+        ),
+    }
+    for i, layer in enumerate(LAYERS)
+]
 CONVERGENCE = [
     {
         "method": m,
@@ -101,6 +152,13 @@ def site(tmp_path_factory):
         job_id = finish(spec, {"results": ROWS, "max_batch": max_batch})
         spec = json.loads((ROOT / "examples" / "accuracy-minilm-sst2.json").read_text())
         convergence_id = finish(spec, {"convergence": CONVERGENCE})
+        spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {
+            "model": "gpt2-tiny",
+            "methods": [m for m, _ in SMALL_METHODS],
+            "batch_sizes": [2, 3, 4],
+            "measurements": ["peak_memory", "throughput", "fidelity"],
+        }
+        small_id = finish(spec, {"results": SMALL_ROWS, "fidelity": FIDELITY})
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -118,6 +176,7 @@ def site(tmp_path_factory):
             "url": f"http://127.0.0.1:{port}",
             "job_id": job_id,
             "convergence_id": convergence_id,
+            "small_id": small_id,
             "browser": browser,
         }
         browser.close()
@@ -130,6 +189,21 @@ def shot(page, name):
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def ticks(page, chart, axis):
+    return [t.text_content() for t in page.locator(f"#chart-{chart} .{axis}tick text").all()]
+
+
+def assert_titles_clear_of_the_modebar(page, charts):
+    for chart in charts:
+        page.hover(f"#chart-{chart} .main-svg")
+        bar = page.locator(f"#chart-{chart} .modebar")
+        bar.wait_for(state="visible")
+        assert bar.locator("[data-title='Share chart...']").count() == 0  # no upload to Plotly Cloud
+        t, m = page.locator(f"#chart-{chart} .gtitle").bounding_box(), bar.bounding_box()
+        apart = t["y"] >= m["y"] + m["height"] or t["x"] + t["width"] <= m["x"]
+        assert apart, (chart, t, m)
+
+
 def test_job_page_draws_its_charts(site):
     page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
     page.goto(f"{site['url']}/jobs/{site['job_id']}")
@@ -138,7 +212,35 @@ def test_job_page_draws_its_charts(site):
         assert page.locator(f"#chart-{chart} .trace").count() > 0, chart
     assert page.locator("#chart-memory .legendtext", has_text="full (OOM)").count() == 1
     assert "succeeded" in page.locator("#status").inner_text()
+    assert ticks(page, "memory", "x") == ["8", "16", "32", "64"]  # log2 spacing, a tick per size run
+    assert ticks(page, "memory", "y")[0] == "0"
+    assert "peak memory (GiB)" in page.text_content("#chart-memory .g-ytitle")
+    assert "1.25 GiB" in page.inner_text("#table-breakdown")  # full's activations at batch 32
     shot(page, "job")
+    assert_titles_clear_of_the_modebar(page, ("memory", "max_batch", "throughput", "breakdown"))
+
+
+def test_small_job_shows_small_differences_small_and_undefined_fidelity_as_na(site):
+    page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
+    page.goto(f"{site['url']}/jobs/{site['small_id']}")
+    for chart in ("memory", "throughput", "breakdown", "fidelity"):
+        page.wait_for_selector(f"#chart-{chart} .main-svg", timeout=15000)
+    assert ticks(page, "memory", "x") == ["2", "3", "4"]  # not 2.5 and 3.5
+    assert ticks(page, "memory", "y")[0] == "0"  # 0.003 MiB apart looks like it
+    assert "peak memory (MiB)" in page.text_content("#chart-memory .g-ytitle")
+    # identical throughput for all four methods: every line still draws its points
+    for i in range(4):
+        assert page.locator(f"#chart-throughput .scatterlayer .trace:nth-child({i + 1}) .point").count() == 3
+    assert page.locator("#chart-breakdown .annotation-text", has_text="activations").count() == 4
+    na = "N/A (exact gradient is zero)"
+    assert page.locator("#chart-fidelity .legendtext", has_text=na).count() == 1
+    undefined = page.evaluate("document.getElementById('chart-fidelity').data[1].y")
+    assert undefined == [None] * 4  # the old 1e-30 rows and the new null rows alike: gaps, not 0.0
+    row = page.locator("#table-fidelity tr", has_text="lora+wtacrs@0.3").inner_text()
+    assert row.count(na) == 4 and "0.0" not in row
+    assert "0.475" in page.locator("#table-fidelity tr", has_text="wtacrs@0.3").first.inner_text()
+    shot(page, "job-small")
+    assert_titles_clear_of_the_modebar(page, ("memory", "throughput", "breakdown", "fidelity"))
 
 
 def test_convergence_job_draws_loss_curves_and_accuracy_vs_memory(site):
@@ -171,7 +273,7 @@ def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page.wait_for_selector("#status")  # the job exists as soon as the 201 arrives (committed first)
     assert page.inner_text("#status") == "queued"
     page.goto(site["url"] + "/")
-    assert page.locator("#jobs tr").count() == 4  # header + the two finished jobs + the new one
+    assert page.locator("#jobs tr").count() == 5  # header + the three finished jobs + the new one
     shot(page, "jobs")
 
 
@@ -201,4 +303,10 @@ def test_compare_and_history_pages(site):
     assert page.locator("#chart-history .trace").count() == 2
     full_gib = page.evaluate("document.getElementById('chart-history').data[0].y[0]")
     assert full_gib == pytest.approx((900 + 40 * 32) / 1024)  # batch 32: the OOM row at 64 is no point
+    assert page.text_content("#chart-history .gtitle") == "Peak memory over time"
     shot(page, "history")
+    page.goto(site["url"] + "/history?model=gpt2-tiny&metric=peak_bytes")
+    page.wait_for_selector("#chart-history .main-svg")
+    assert "peak memory (MiB)" in page.text_content("#chart-history .g-ytitle")  # not 0.0945 GiB
+    assert ticks(page, "history", "y")[0] == "0"
+    shot(page, "history-small")

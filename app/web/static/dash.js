@@ -1,15 +1,46 @@
 // Draw server-built Plotly figures; poll a running job; submit jobs from the browser.
+
+// The modebar shows on hover only; titles sit below its row (charts._layout), so it never covers
+// them. Gone: the selection tools no chart here uses, and "Share chart", which uploads the figure
+// to Plotly Cloud (these pages work offline and their data stays on the server).
+const PLOT_CONFIG = {
+  responsive: true,
+  displaylogo: false,
+  displayModeBar: "hover",
+  modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "sendChartToCloud"],
+};
+
 function drawAll(figures) {
   // Charts without data are hidden; hiding an empty div by CSS instead would make Plotly measure
   // a zero-width container and fall back to its 700px default.
   for (const el of document.querySelectorAll(".chart")) {
-    const fig = (figures || {})[el.id.replace("chart-", "")];
+    const name = el.id.replace("chart-", "");
+    const fig = (figures || {})[name];
     if (fig && fig.data && fig.data.length) {
-      Plotly.newPlot(el, fig.data, fig.layout, {responsive: true, displaylogo: false});
+      Plotly.newPlot(el, fig.data, fig.layout, PLOT_CONFIG);
+      if (fig.table) el.after(drawTable(fig.table, "table-" + name));
     } else {
-      el.style.display = "none";
+      (el.closest(".panel") || el).style.display = "none";
     }
   }
+}
+
+function drawTable(spec, id) {
+  // The exact numbers beside a chart; textContent throughout, since method names come from specs.
+  const table = document.createElement("table");
+  table.id = id;
+  table.className = "chart-table";
+  const rows = [[spec.columns, "th"], ...spec.rows.map((r) => [r, "td"])];
+  for (const [cells, tag] of rows) {
+    const tr = table.insertRow();
+    for (const text of cells) {
+      const cell = document.createElement(tag);
+      cell.textContent = text;
+      if (text.startsWith("N/A")) cell.className = "na";
+      tr.append(cell);
+    }
+  }
+  return table;
 }
 
 function pollJob(id, status) {

@@ -1,0 +1,196 @@
+"""Figures that do not mislead (issue #17): checked on the figure JSON the server sends."""
+
+import json
+
+import pytest
+
+from app.web import charts
+
+MIB, GIB = 2**20, 2**30
+
+
+def rows(methods, batches, peak, **extra):
+    return [
+        {"method": m, "batch_size": b, "peak_bytes": peak(m, b), "oom": False, "tokens_per_s": 100.0 * b, **extra}
+        for m in methods
+        for b in batches
+    ]
+
+
+def tiny(m, b):  # bert-tiny: ~96 MiB, lora 0.003 MiB above full
+    return int((96 + 0.4 * b + (0.003 if m == "lora" else 0)) * MIB)
+
+
+def every_figure():
+    bd = {"parameters": 30 * MIB, "gradients": 30 * MIB, "optimizer_state": 35 * MIB, "activations": MIB // 5}
+    results = rows(["full", "lora"], [2, 3, 4], tiny, breakdown=bd)
+    fid = [{"method": "wtacrs@0.3", "layer": "l0", "relative_error": 0.4, "exact_norm": 1.0}]
+    conv = [
+        {"method": "full", "losses": [1.0, 0.5], "evals": [], "peak_bytes": 420 * MIB, "accuracy": 0.861},
+        {"method": "lora", "losses": [1.0, 0.6], "evals": [], "peak_bytes": 300 * MIB, "accuracy": 0.858},
+    ]
+    points = [{"method": "full", "at": "2026-01-01T10:00:00", "value": 0.0944815, "job_id": "a"}]
+    return {
+        "memory": charts.memory_vs_batch(results, None, "cpu"),
+        "max_batch": charts.max_batch_bars([{"method": "full", "max_batch_size": 3}]),
+        "throughput": charts.throughput(results),
+        "breakdown": charts.breakdown(results),
+        "fidelity": charts.fidelity(fid),
+        "loss": charts.loss_curves(conv),
+        "accuracy": charts.accuracy_vs_memory(conv),
+        "history": charts.history(points, "peak_bytes GiB"),
+    }
+
+
+@pytest.mark.parametrize("name", list(every_figure()))
+def test_titles_sit_below_the_modebar_row(name):
+    fig = every_figure()[name]
+    json.dumps(fig, allow_nan=False)  # plain JSON for the page
+    title, margin = fig["layout"]["title"], fig["layout"]["margin"]
+    # anchored to the top of the plot area, not centred in the strip the modebar occupies
+    assert (title["yref"], title["y"], title["yanchor"]) == ("paper", 1, "bottom")
+    assert title["xanchor"] == "left" and title["x"] == 0
+    assert margin["t"] >= 70  # modebar (~30 px) + title (~20 px) + pad
+    assert "_" not in title["text"]  # words, not column names
+
+
+def test_memory_axis_starts_at_zero_in_a_readable_unit():
+    fig = charts.memory_vs_batch(rows(["full", "lora"], [2, 3, 4], tiny), None, "cpu")
+    y = fig["layout"]["yaxis"]
+    assert y["rangemode"] == "tozero"
+    assert y["title"]["text"] == "peak memory (MiB)"
+    values = [v for t in fig["data"] for v in t["y"]]
+    assert 96 < min(values) and max(values) < 98  # MiB, not 0.0944815 GiB
+    big = charts.memory_vs_batch(rows(["full"], [8, 16], lambda m, b: (1 + b) * GIB), None, "cuda")
+    assert big["layout"]["yaxis"]["title"]["text"] == "peak memory (GiB)"
+    assert big["data"][0]["y"] == [9.0, 17.0]
+
+
+def test_device_line_counts_when_choosing_the_unit():
+    fig = charts.memory_vs_batch(rows(["full"], [2], tiny), 80 * GIB, "cuda")
+    assert fig["layout"]["shapes"][0]["y0"] == 80
+    assert fig["layout"]["yaxis"]["title"]["text"].endswith("(GiB)")
+
+
+@pytest.mark.parametrize(
+    ("sizes", "kind", "ticks"),
+    [
+        ([2, 3, 4], "linear", [2, 3, 4]),  # no tick at 2.5
+        ([8, 16, 32, 64], "log", [8, 16, 32, 64]),  # spans 8x: log2 spacing, ticks at the sizes
+        ([1, 4], "linear", [1, 4]),
+        (list(range(1, 200, 3)), "log", [1, 2, 4, 8, 16, 32, 64, 128]),  # too many to label: powers of two
+    ],
+)
+def test_batch_axis_has_whole_ticks_and_log2_spacing_over_wide_ranges(sizes, kind, ticks):
+    fig = charts.memory_vs_batch(rows(["full"], sizes, tiny), None, "cpu")
+    x = fig["layout"]["xaxis"]
+    assert x.get("type", "linear") == kind
+    assert x["tickvals"] == ticks and all(isinstance(t, int) for t in x["tickvals"])
+    assert x["ticktext"] == [str(t) for t in ticks]
+    assert charts.throughput(rows(["full"], sizes, tiny))["layout"]["xaxis"] == x
+
+
+def test_many_linear_batch_sizes_still_get_whole_ticks():
+    x = charts.memory_vs_batch(rows(["full"], range(10, 40), tiny), None, "cpu")["layout"]["xaxis"]
+    assert x.get("type", "linear") == "linear" and x["tickformat"] == "d" and "tickvals" not in x
+
+
+def test_max_batch_axis_counts_in_whole_batches():
+    y = charts.max_batch_bars([{"method": "full", "max_batch_size": 3}])["layout"]["yaxis"]
+    assert y["dtick"] == 1 and y["rangemode"] == "tozero"
+
+
+def test_coinciding_methods_both_stay_visible():
+    same = rows(["wtacrs@0.3", "lora+wtacrs@0.3"], [2, 4], lambda m, b: 100 * MIB)
+    for fig in (charts.memory_vs_batch(same, None, "cpu"), charts.throughput(same)):
+        a, b = fig["data"]
+        assert a["y"] == b["y"]
+        assert a["marker"]["symbol"] != b["marker"]["symbol"]
+        assert a["line"]["dash"] != b["line"]["dash"]
+        assert b["marker"]["size"] < a["marker"]["size"]  # the one drawn on top is smaller
+        assert b["line"]["width"] < a["line"]["width"]
+        assert fig["layout"]["hovermode"] == "x unified"  # hovering shows both
+
+
+def test_breakdown_puts_small_activations_first_distinct_and_labelled():
+    bd = {"parameters": 30 * MIB, "gradients": 30 * MIB, "optimizer_state": 35 * MIB, "activations": MIB // 5}
+    fig = charts.breakdown(rows(["full", "lora"], [2, 4], tiny, breakdown=bd))
+    first = fig["data"][0]
+    assert first["name"] == "activations" and first["orientation"] == "h"
+    assert first["x"] == pytest.approx([0.2, 0.2], abs=1e-5)  # MiB, like the rest of the axis
+    colours = [t["marker"]["color"] for t in fig["data"]]
+    assert colours.count(first["marker"]["color"]) == 1
+    assert fig["layout"]["xaxis"]["rangemode"] == "tozero" and fig["layout"]["xaxis"]["range"][0] == 0
+    notes = [a["text"] for a in fig["layout"]["annotations"]]
+    assert notes == [" activations 205 KiB (0%)"] * 2
+    table = fig["table"]
+    assert table["columns"][:2] == ["method", "activations"]
+    assert table["rows"][0][:2] == ["full", "205 KiB"]
+
+
+OLD_ZERO = {"relative_error": 0.0, "relative_bias": 0.0, "relative_variance": 0.0, "exact_norm": 1e-30}
+NEW_ZERO = {"relative_error": None, "relative_bias": None, "relative_variance": None, "exact_norm": 0.0}
+DEFINED = {"relative_error": 0.4, "relative_bias": 0.01, "relative_variance": 0.16, "exact_norm": 2.5}
+
+
+@pytest.mark.parametrize("zero", [OLD_ZERO, NEW_ZERO], ids=["old-1e-30", "new-null"])
+def test_fidelity_with_a_zero_exact_gradient_is_not_applicable_never_a_perfect_score(zero):
+    fid = [{"method": "wtacrs@0.3", "batch_size": 4, "layer": f"l{i}", **DEFINED} for i in range(2)]
+    fid += [{"method": "lora+wtacrs@0.3", "batch_size": 4, "layer": f"l{i}", **zero} for i in range(2)]
+    fig = charts.fidelity(fid)
+    defined, na = fig["data"]
+    assert defined["y"] == [0.4, 0.4] and defined["name"] == "wtacrs@0.3"
+    assert na["y"] == [None, None]  # gaps, not points at 0
+    assert na["name"] == "lora+wtacrs@0.3: N/A (exact gradient is zero)"
+    rows_ = {r[0]: r for r in fig["table"]["rows"]}
+    assert rows_["wtacrs@0.3"][3:] == ["0.400", "0.400", "0.0100", "0.160"]
+    assert rows_["lora+wtacrs@0.3"][3:] == ["N/A (exact gradient is zero)"] * 4
+    assert "0.00" not in rows_["lora+wtacrs@0.3"]
+
+
+def test_fidelity_with_some_layers_undefined_counts_them():
+    fid = [
+        {"method": "m", "batch_size": 4, "layer": "a", **DEFINED},
+        {"method": "m", "batch_size": 4, "layer": "b", **OLD_ZERO},
+    ]
+    fig = charts.fidelity(fid)
+    assert fig["data"][0]["y"] == [0.4, None] and fig["data"][0]["name"] == "m (1 layers N/A)"
+    assert fig["table"]["rows"][0][2:4] == ["2 (1 N/A)", "0.400"]
+    assert fig["layout"]["yaxis"]["rangemode"] == "tozero"
+
+
+def test_history_reads_in_words_and_readable_units():
+    points = [
+        {"method": "full", "at": "2026-01-01T10:00:00+00:00", "value": 0.0944815, "job_id": "a"},
+        {"method": "full", "at": "2026-01-01T10:00:01+00:00", "value": 0.0944850, "job_id": "b"},
+    ]
+    fig = charts.history(points, "peak_bytes GiB")
+    layout = fig["layout"]
+    assert layout["title"]["text"] == "Peak memory over time"
+    assert layout["yaxis"]["title"]["text"] == "peak memory (MiB)" and layout["yaxis"]["rangemode"] == "tozero"
+    assert fig["data"][0]["y"] == pytest.approx([96.749, 96.752], abs=1e-3)
+    assert layout["yaxis"]["tickformat"] == ".3~r"
+    start, end = (charts.dt.datetime.fromisoformat(t) for t in layout["xaxis"]["range"])
+    assert end - start >= charts.dt.timedelta(hours=1)  # one sitting: hours on the axis, not half seconds
+    speed = charts.history([{**points[0], "value": 1234.5}], "tokens_per_s")["layout"]
+    assert speed["title"]["text"] == "Throughput over time"
+    assert speed["yaxis"]["title"]["text"] == "throughput (tokens/s)"
+
+
+def test_accuracy_axis_is_not_zoomed_onto_seed_noise():
+    conv = [
+        {"method": "full", "losses": [1.0], "peak_bytes": 420 * MIB, "accuracy": 0.861},
+        {"method": "lora", "losses": [1.0], "peak_bytes": 300 * MIB, "accuracy": 0.858},
+    ]
+    layout = charts.accuracy_vs_memory(conv)["layout"]
+    low, high = layout["yaxis"]["range"]
+    assert high - low >= charts.ACCURACY_SPAN and low <= 85.8 and high >= 86.1
+    assert layout["xaxis"]["range"][0] == 0 and layout["xaxis"]["title"]["text"].endswith("(MiB)")
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0.0944815 * GIB, "96.7 MiB"), (2.126 * GIB, "2.13 GiB"), (1.5 * GIB, "1.50 GiB"), (0, "0"), (None, "")],
+)
+def test_memory_text(n, text):
+    assert charts.memory_text(n) == text
