@@ -16,6 +16,10 @@ class Settings(BaseSettings):
     open_reads: bool = True  # GET endpoints without a token (set false to require one)
     lease_seconds: float = Field(60.0, gt=0)  # a claimed job returns to the queue this long after the last heartbeat
     max_attempts: int = Field(3, ge=1)
+    # Request bodies above these are refused with 413 before anything parses them. A spec is a few
+    # KiB; a worker's result (rows per method and batch, loss curves) can reach several MiB.
+    max_body_bytes: int = Field(2**20, ge=1024)
+    max_result_bytes: int = Field(32 * 2**20, ge=1024)
 
 
 @lru_cache

@@ -1,4 +1,4 @@
-"""The FastAPI application: migrations at start, routes, clean errors."""
+"""The FastAPI application: migrations at start, routes, body limits, clean errors, offline docs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
 
+from app import docs, errors
+from app.api.bodies import document_bodies
 from app.api.routes import jobs, results, tokens, workers
 from app.config import Settings, get_settings
 from app.db import Database
+from app.limits import BodySizeLimit
 from app.web import routes as web
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +48,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Queue profiling jobs, read their results, compare methods.",
+        docs_url=None,  # app.docs serves both pages with local scripts
+        redoc_url=None,
     )
     app.state.settings, app.state.db = settings, db
-    for router in (jobs.router, workers.router, results.router, tokens.router, web.router):
+    for router in (jobs.router, workers.router, results.router, tokens.router, web.router, docs.router):
         app.include_router(router)
+    document_bodies(app)
+    app.add_middleware(
+        BodySizeLimit,
+        limit=settings.max_body_bytes,
+        larger=[(workers.RESULT_PATH, max(settings.max_result_bytes, settings.max_body_bytes))],
+    )
+    errors.install(app)
 
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError):

@@ -1,16 +1,15 @@
-"""API schemas, split as Create / Public / List. The job spec itself is profiler.spec.JobSpec."""
+"""API schemas, split as Create / Public / List. The job spec itself is profiler.spec.JobSpec.
+Request bodies are Strict: an unknown key is an error, all of them named in one message."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from profiler.spec import JobSpec
+from app.timestamps import UTCDateTime
+from profiler.spec import JobSpec, Strict
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JobCreate(Strict):
     spec: JobSpec
     priority: int = Field(0, ge=-100, le=100)
 
@@ -27,9 +26,9 @@ class JobSummary(BaseModel):
     progress: float
     progress_message: str | None
     submitted_by: str
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
     error: str | None
 
 
@@ -53,15 +52,14 @@ class JobList(BaseModel):
 
 class EventPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
-    at: dt.datetime
+    at: UTCDateTime
     kind: str
     actor: str
     attempt: int
     detail: str | None
 
 
-class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TokenCreate(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     role: str = Field(pattern=r"^(submit|worker|read)$", description="submit | worker | read")
 
@@ -72,8 +70,7 @@ class TokenPublic(BaseModel):
     token: str | None = None  # only in the response that created it
 
 
-class WorkerRegister(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WorkerRegister(Strict):
     name: str = Field(min_length=1, max_length=128)
     device_name: str | None = Field(None, max_length=128)
     device_memory_bytes: int | None = Field(None, ge=0, le=2**62)
@@ -85,7 +82,7 @@ class WorkerPublic(BaseModel):
     name: str
     device_name: str | None
     device_memory_bytes: int | None
-    last_seen: dt.datetime
+    last_seen: UTCDateTime
 
 
 class Claimed(BaseModel):
@@ -95,8 +92,7 @@ class Claimed(BaseModel):
     lease_seconds: float
 
 
-class Heartbeat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Heartbeat(Strict):
     attempt: int = Field(ge=1, le=1_000_000)
     progress: float | None = Field(None, ge=0, le=1)
     message: str | None = Field(None, max_length=500)
@@ -107,14 +103,12 @@ class HeartbeatReply(BaseModel):
     lease_seconds: float
 
 
-class AttemptResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AttemptResult(Strict):
     attempt: int = Field(ge=1, le=1_000_000)
     result: dict
 
 
-class AttemptFailure(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AttemptFailure(Strict):
     attempt: int = Field(ge=1, le=1_000_000)
     error: str = Field(max_length=20000)
     retryable: bool = Field(description="infrastructure errors are retried; a bad spec is final")

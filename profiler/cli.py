@@ -15,7 +15,14 @@ from rich.table import Table
 
 from .spec import JobSpec
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Profile WTA-CRS and other fine-tuning methods.")
+# Plain (click-style) help: typer's rich help panel prints a value type beside every option, flags
+# included, so `--help <bool>` and `--open/--no-open <bool>` read as if they took a value.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Profile WTA-CRS and other fine-tuning methods.",
+)
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and files get the whole table
 MIB = 2**20
@@ -37,8 +44,22 @@ def load_spec(path: str) -> JobSpec:
         console.print(f"[red]spec {path} is invalid:[/red]")
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"]) or "(spec)"
-            console.print(f"  {where}: {e['msg']}")
+            console.print(f"  {where}: {e['msg']}", markup=False)  # a key may hold "[red]"
         raise typer.Exit(2) from None
+
+
+def open_browser(url: str) -> bool:
+    """Open `url` in a browser; on a machine without one (a headless server), say so and where to go."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        # soft_wrap: never break the URL across lines
+        console.print(f"--open: no browser could be opened on this machine; visit {url} yourself", soft_wrap=True)
+    return opened
 
 
 def _mib(v) -> str:
@@ -140,7 +161,6 @@ def serve(
     import secrets
     import subprocess
     import threading
-    import webbrowser
 
     import uvicorn
 
@@ -164,7 +184,7 @@ def serve(
             preexec_fn=die_with_parent,  # uvicorn re-raises SIGTERM/SIGINT, so `finally` may never run
         )
     if open_browser:
-        threading.Timer(2.0, webbrowser.open, args=(url + "/",)).start()
+        threading.Timer(2.0, open_browser, args=(url + "/",)).start()
     console.print(f"serving on {url}  (API docs: {url}/docs)")
     try:
         uvicorn.run(create_app(), host=host, port=port, log_level="warning")

@@ -2,20 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections import Counter
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .methods_grammar import parse_method
 from .zoo_names import FAMILIES, PRESETS, PRETRAINED
 
 MEASUREMENTS = ("peak_memory", "max_batch_size", "throughput", "fidelity", "convergence")
 
+# Bounds on what one spec may ask for. Every list and string a client sends has one, so neither
+# validating a spec nor running it can grow without limit; a larger study is several jobs.
+MAX_METHODS = 32
+MAX_BATCH_SIZES = 64
+MAX_BATCH = 1_000_000
+MAX_MEASUREMENTS = 16  # five kinds; repeats are dropped, so a little slack
+MAX_NAME = 64  # method names land in a 64-character database column
+MAX_OVERRIDES = 64
+MAX_EXAMPLES = 10_000_000  # GLUE SST-2 has 67k rows
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 
-class ModelSpec(BaseModel):
+
+class Strict(BaseModel):
+    """Unknown keys are errors, so a typo never silently falls back to a default. They are named
+    in one error: pydantic's own check makes one error per key, and building 40 000 of them for a
+    hostile body took longer than everything else the server does with it."""
+
     model_config = ConfigDict(extra="forbid")
-    family: str
-    overrides: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                names = ", ".join(repr(str(k)[:64]) for k in unknown[:5])
+                raise ValueError(f"unknown field {names}{more}; allowed fields: {', '.join(cls.model_fields)}")
+        return data
+
+
+class ModelSpec(Strict):
+    family: Name
+    overrides: dict[Name, int | float | Name | bool] = Field(default_factory=dict, max_length=MAX_OVERRIDES)
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _few_overrides(cls, v):
+        # before the values are checked: pydantic checks a dict's length after validating every item
+        if isinstance(v, dict) and len(v) > MAX_OVERRIDES:
+            raise ValueError(f"{len(v)} overrides; at most {MAX_OVERRIDES} are allowed")
+        return v
 
     @field_validator("family")
     @classmethod
@@ -25,27 +63,30 @@ class ModelSpec(BaseModel):
         return v
 
 
-class MaxBatchSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    upper: int = Field(4096, ge=1, le=1_000_000, description="never probe beyond this batch size")
+class MaxBatchSpec(Strict):
+    upper: int = Field(4096, ge=1, le=MAX_BATCH, description="never probe beyond this batch size")
     headroom: float = Field(0.0, ge=0.0, lt=0.9, description="fraction of device memory kept free")
 
 
-class ConvergenceSpec(BaseModel):
+class ConvergenceSpec(Strict):
     """A real fine-tuning run per method: loss curve, held-out accuracy, wall time, peak memory."""
 
-    model_config = ConfigDict(extra="forbid")
     data: str | None = Field(
         None,
+        max_length=4096,
         description="TSV with a header and sentence<TAB>label rows, on the worker's disk; "
         "default: GLUE SST-2 train (../shared/data/sst2/train.tsv next to the checkout, or $WTACRS_SST2_TSV)",
     )
-    train_examples: int | None = Field(2000, ge=1, description="training examples used (None: all that remain)")
-    val_examples: int = Field(1000, ge=1, description="held out from the same file with split_seed")
+    train_examples: int | None = Field(
+        2000, ge=1, le=MAX_EXAMPLES, description="training examples used (None: all that remain)"
+    )
+    val_examples: int = Field(1000, ge=1, le=MAX_EXAMPLES, description="held out from the same file with split_seed")
     split_seed: int = Field(0, ge=0, le=2**32 - 1, description="fixed across runs, so every seed sees one split")
     epochs: int = Field(2, ge=1, le=100)
     batch_size: int = Field(16, ge=1, le=4096)
-    adapter_lr: float = Field(5e-4, gt=0, description="learning rate for LoRA/VeLoRA methods (spec.lr for the rest)")
+    adapter_lr: float = Field(
+        5e-4, gt=0, allow_inf_nan=False, description="learning rate for LoRA/VeLoRA methods (spec.lr for the rest)"
+    )
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="linear warm-up, then linear decay to 0")
     weight_decay: float = Field(0.01, ge=0, lt=1)
     norm_source: Literal["running", "example", "activation"] = Field(
@@ -53,21 +94,23 @@ class ConvergenceSpec(BaseModel):
     )
 
 
-class JobSpec(BaseModel):
-    """What to profile. Unknown keys are errors, so a typo never silently falls back to a default."""
+class JobSpec(Strict):
+    """What to profile."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | ModelSpec
-    methods: list[str] = Field(min_length=1)
+    model: Name | ModelSpec
+    methods: list[Name] = Field(min_length=1, max_length=MAX_METHODS)
     seq_len: int = Field(ge=1, le=131072)
-    batch_sizes: list[int] = Field(default_factory=list)
+    batch_sizes: list[int] = Field(default_factory=list, max_length=MAX_BATCH_SIZES)
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(5e-5, gt=0)
-    measurements: list[str] = Field(default_factory=lambda: ["peak_memory", "throughput"], min_length=1)
+    lr: float = Field(5e-5, gt=0, allow_inf_nan=False)
+    measurements: list[Name] = Field(
+        default_factory=lambda: ["peak_memory", "throughput"], min_length=1, max_length=MAX_MEASUREMENTS
+    )
     device: Literal["cuda", "cpu", "estimate"] = "cpu"
-    target_memory_gb: float | None = Field(None, gt=0, description="estimate mode: device memory to fit in (GiB)")
+    target_memory_gb: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="estimate mode: device memory to fit in (GiB)"
+    )
     steps: int = Field(3, ge=1, le=1000)
     warmup: int = Field(1, ge=0, le=100)
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -90,7 +133,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _parse_methods(cls, v: list[str]) -> list[str]:
         names = [parse_method(m).name for m in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, count in Counter(names).items() if count > 1)
         if dupes:
             raise ValueError(f"methods repeat {dupes}; list each once")
         return names
@@ -98,9 +141,9 @@ class JobSpec(BaseModel):
     @field_validator("batch_sizes")
     @classmethod
     def _positive_batches(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b < 1 or b > 1_000_000]
+        bad = [b for b in v if b < 1 or b > MAX_BATCH]
         if bad:
-            raise ValueError(f"batch_sizes {bad} are outside 1..1000000")
+            raise ValueError(f"batch_sizes {bad} are outside 1..{MAX_BATCH}")
         return sorted(set(v))
 
     @field_validator("measurements")

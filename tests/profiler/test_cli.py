@@ -1,7 +1,11 @@
 import json
+import re
 import subprocess
 import sys
+import webbrowser
 from pathlib import Path
+
+import pytest
 
 from profiler.runner import run_job
 from profiler.spec import JobSpec
@@ -56,3 +60,40 @@ def test_convergence_rows_get_their_own_table(capsys):
     out = capsys.readouterr().out
     assert "convergence" in out and "84.29" in out and "474" in out
     assert "1st-step MiB" not in out  # no empty memory table for a job that measured none
+
+
+def test_help_shows_flags_without_a_value():
+    """typer's rich help printed `--help <bool>`, as if it took a value."""
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"]).output
+    serve = runner.invoke(app, ["serve", "--help"]).output
+    assert "<bool>" not in top + serve
+    assert re.search(r"^  --help +Show this message and exit\.$", top, re.M), top
+    assert re.search(r"^  --open / --no-open +open the browser once up", serve, re.M), serve
+    assert re.search(r"^  --port <int> +port to bind", serve, re.M), serve
+
+
+@pytest.mark.parametrize("outcome", [False, webbrowser.Error("no runnable browser")])
+def test_open_says_so_when_no_browser_can_be_opened(monkeypatch, capsys, outcome):
+    from profiler.cli import open_browser
+
+    def fake_open(url):
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(webbrowser, "open", fake_open)
+    assert open_browser("http://127.0.0.1:8000/") is False
+    err = capsys.readouterr().err
+    assert "no browser could be opened on this machine; visit http://127.0.0.1:8000/ yourself" in err
+
+
+def test_open_is_quiet_when_a_browser_opens(monkeypatch, capsys):
+    from profiler.cli import open_browser
+
+    monkeypatch.setattr(webbrowser, "open", lambda url: True)
+    assert open_browser("http://127.0.0.1:8000/") is True and capsys.readouterr().err == ""

@@ -6,7 +6,7 @@ import torch
 from profiler.methods_grammar import parse_method
 from profiler.runner import units_per_method
 from profiler.spec import JobSpec
-from profiler.textdata import default_sst2_path, read_tsv, split
+from profiler.textdata import SST2_ENV, default_sst2_path, read_tsv, split
 
 
 def write_tsv(path, rows, header="sentence\tlabel"):
@@ -59,7 +59,7 @@ def test_split_is_fixed_by_its_seed_disjoint_and_sized():
 def test_the_real_sst2_file_parses_when_present():
     path = default_sst2_path()
     if not path.is_file():
-        pytest.skip(f"GLUE SST-2 is not at {path} on this machine")
+        pytest.skip(f"GLUE SST-2 is not at {path}: put train.tsv there or set {SST2_ENV} to its path")
     sentences, labels = read_tsv(path)
     assert len(sentences) > 60000 and set(labels) == {0, 1}
     assert not any(s.endswith("\r") for s in sentences[:1000])

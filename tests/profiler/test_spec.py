@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_family_with_overrides():
         ({"dtype": "fp16"}, "'fp16' \\(autocast\\) is not supported on device 'cpu'"),
         ({"seq_len": 0}, "greater than or equal to 1"),
         ({"device": "estimate", "measurements": ["peak_memory"], "methods": ["velora"]}, "FakeTensorMode cannot trace"),
-        ({"batch_size": [2]}, "Extra inputs are not permitted"),
+        ({"batch_size": [2]}, "unknown field 'batch_size'; allowed fields: model, methods, seq_len, batch_sizes"),
         (
             {"measurements": ["convergence"]},
             "model 'bert-tiny' has none. Models with weights: \\['all-minilm-l6-v2'\\]",
@@ -80,3 +81,25 @@ def test_method_grammar(text, adapter, sampler, ratio, ckpt):
 def test_method_grammar_errors(text):
     with pytest.raises(ValueError, match="allowed"):
         parse_method(text)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"methods": ["full"] * 600_000}, "List should have at most 32 items after validation, not 600000"),
+        ({"batch_sizes": list(range(1, 600_001))}, "List should have at most 64 items after validation, not 600000"),
+        (
+            {"model": {"family": "bert", "overrides": {f"k{i}": [] for i in range(50_000)}}},
+            "50000 overrides; at most 64",
+        ),
+        ({f"k{i}": 0 for i in range(40_000)}, "unknown field 'k0', 'k1', 'k2', 'k3', 'k4' and 39995 more"),
+        ({"convergence": {"nope": 1}}, "unknown field 'nope'; allowed fields: data, train_examples"),
+    ],
+)
+def test_oversized_specs_are_refused_at_once_with_the_limit(change, message):
+    """Issue #17: a 600 000-method spec took 320 s to refuse (a quadratic duplicate check)."""
+    started = time.perf_counter()
+    with pytest.raises(ValidationError, match=message) as err:
+        JobSpec.model_validate({**MINIMAL, **change})
+    assert time.perf_counter() - started < 1.0
+    assert err.value.error_count() <= 2  # one error, not one per item or key

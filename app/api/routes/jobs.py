@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from app import queue
+from app.api.bodies import JsonBody
 from app.api.deps import Reader, SessionDep, SettingsDep, Submitter
 from app.models import Job, JobEvent, ResultRow
 from app.schemas import EventPublic, JobList, JobPublic, JobSummary
 from profiler.spec import JobSpec
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+SPEC_BODY = JsonBody(JobSpec)
 
 
 def new_job(session, spec: JobSpec, who: str, priority: int, max_attempts: int) -> Job:
@@ -64,9 +67,13 @@ def public(session, job: Job) -> JobPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, openapi_extra=SPEC_BODY.openapi)
 def create_job(
-    spec: JobSpec, session: SessionDep, who: Submitter, settings: SettingsDep, priority: int = Query(0, ge=-100, le=100)
+    who: Submitter,  # first: dependencies run in order, so the body is read only for a valid token
+    spec: Annotated[JobSpec, Depends(SPEC_BODY)],
+    session: SessionDep,
+    settings: SettingsDep,
+    priority: int = Query(0, ge=-100, le=100),
 ) -> JobPublic:
     """Queue a profiling job. The body is the job spec itself (see the README)."""
     return public(session, new_job(session, spec, who.name, priority, settings.max_attempts))
@@ -115,6 +122,14 @@ def cancel_job(job_id: str, session: SessionDep, who: Submitter) -> Job:
 @router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def rerun_job(job_id: str, session: SessionDep, who: Submitter, settings: SettingsDep) -> JobPublic:
     old = get_job(session, job_id)
-    job = new_job(session, JobSpec.model_validate(old.spec), who.name, old.priority, settings.max_attempts)
+    try:
+        spec = JobSpec.model_validate(old.spec)
+    except ValidationError as err:  # stored before a bound it breaks was added
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
+        raise HTTPException(
+            422,
+            f"job {job_id}'s spec is no longer valid ({problems}); submit a new one",
+        ) from None
+    job = new_job(session, spec, who.name, old.priority, settings.max_attempts)
     queue.record(session, job.id, "rerun_of", who.name, detail=old.id)
     return public(session, job)

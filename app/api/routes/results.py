@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from app.api.deps import Reader, SessionDep
 from app.models import ResultRow
+from app.timestamps import as_utc, iso_utc
 
 router = APIRouter(prefix="/api/results", tags=["results"])
 COLUMNS = (
@@ -84,24 +85,21 @@ def _query(session, f: Filters) -> list[ResultRow]:
 
 
 def _flat_rows(conn, f: Filters) -> list[dict]:
-    """The flat columns as plain dicts: no ORM objects, no JSON blob."""
+    """The flat columns as plain dicts (timestamps as text): no ORM objects, no JSON blob."""
     stmt = _ordered(select(*(getattr(ResultRow, c) for c in COLUMNS)), f)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
-
-
-def _iso(value):
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return [{**r, "created_at": iso_utc(r["created_at"])} for r in conn.execute(stmt).mappings()]
 
 
 def _json(rows: list[dict], headers: dict | None = None) -> Response:
-    return Response(json.dumps(rows, default=_iso), media_type="application/json", headers=headers)
+    return Response(json.dumps(rows), media_type="application/json", headers=headers)
 
 
+# PostgreSQL's own JSON for a timestamptz follows the session's time zone ("+02:00"); write the
+# API's one format instead, dropping a zero fraction as Python's isoformat does.
+_PG_ISO = "replace(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '.000000Z', 'Z')"
 _PG_PAGE = (
     "SELECT coalesce(json_agg(json_build_object("
-    + ", ".join(f"'{c}', {c}" for c in COLUMNS)
+    + ", ".join(f"'{c}', {_PG_ISO.format(c=c) if c == 'created_at' else c}" for c in COLUMNS)
     + ") ORDER BY created_at DESC, id DESC)::text, '[]') FROM (SELECT id, "
     + ", ".join(COLUMNS)
     + " FROM results WHERE {where} ORDER BY created_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s) AS page"
@@ -113,7 +111,7 @@ def _rows_json(conn, f: Filters) -> str:
     to the driver as text: building SQLAlchemy expressions and a Python object per row were
     most of this endpoint's CPU time (benchmarks/RESULTS.md). Elsewhere Python does it."""
     if conn.dialect.name != "postgresql":
-        return json.dumps(_flat_rows(conn, f), default=_iso)
+        return json.dumps(_flat_rows(conn, f))
     where, params = f.sql()
     return conn.exec_driver_sql(
         _PG_PAGE.format(where=where), {**params, "limit": f.limit, "offset": f.offset}
@@ -133,6 +131,8 @@ async def filters(
     offset: int = Query(0, ge=0, le=1_000_000_000),
 ) -> Filters:
     equal = {"job_id": job_id, "model": model, "mode": mode or device, "dtype": dtype}
+    # a time without an offset is UTC, like every stored one; one with an offset is converted
+    since, until = (as_utc(t) if t else None for t in (since, until))
     return Filters({c: v for c, v in equal.items() if v}, method, since, until, limit, offset)
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from app import queue
+from app.api.bodies import JsonBody
 from app.api.deps import SessionDep, SettingsDep, WorkerAuth
 from app.models import Worker, utcnow
 from app.schemas import AttemptFailure, AttemptResult, Claimed, Heartbeat, HeartbeatReply, WorkerPublic, WorkerRegister
 
 router = APIRouter(prefix="/api/workers", tags=["workers"])
+RESULT_BODY = JsonBody(AttemptResult)
+RESULT_PATH = r"/api/workers/[^/]+/jobs/[^/]+/result"  # takes larger bodies (Settings.max_result_bytes)
 
 
 def _worker(session, worker_id: str, who) -> Worker:
@@ -70,8 +74,16 @@ def heartbeat(
     return HeartbeatReply(cancel=job.cancel_requested, lease_seconds=settings.lease_seconds)
 
 
-@router.post("/{worker_id}/jobs/{job_id}/result", status_code=status.HTTP_204_NO_CONTENT)
-def post_result(worker_id: str, job_id: str, body: AttemptResult, session: SessionDep, who: WorkerAuth) -> Response:
+@router.post(
+    "/{worker_id}/jobs/{job_id}/result", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=RESULT_BODY.openapi
+)
+def post_result(
+    worker_id: str,
+    job_id: str,
+    who: WorkerAuth,  # before the body: a result may be megabytes, read only for a worker token
+    body: Annotated[AttemptResult, Depends(RESULT_BODY)],
+    session: SessionDep,
+) -> Response:
     job = _held(session, worker_id, job_id, body.attempt, who)
     if not isinstance(body.result.get("results", []), list):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "result.results must be a list of rows")
