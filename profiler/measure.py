@@ -17,6 +17,7 @@ import torch
 
 from wtacrs.memory import SavedTensorCounter
 
+from .cuda_model import DeviceModel, cuda_kernels
 from .methods import apply_method
 from .methods_grammar import Method
 from .spec import JobSpec
@@ -40,15 +41,18 @@ class Trial:
     batch: dict
     device: torch.device
     dtype: str
+    kernels: DeviceModel | None = None  # estimate: trace the kernels this CUDA device would run
 
     def autocast(self):
         return autocast(self.device.type, self.dtype)
 
     def forward_backward(self, saved: SavedTensorCounter | None = None) -> None:
         """One forward and backward; `saved` counts what the forward keeps for backward."""
-        with saved.track() if saved is not None else contextlib.nullcontext(), self.autocast():
-            loss = self.model(**self.batch).loss
-        loss.backward()
+        # backward too: checkpointing recomputes its forward there
+        with cuda_kernels(self.kernels) if self.kernels else contextlib.nullcontext():
+            with saved.track() if saved is not None else contextlib.nullcontext(), self.autocast():
+                loss = self.model(**self.batch).loss
+            loss.backward()
 
     def optimizer_step(self) -> None:
         self.optimizer.step()
@@ -84,11 +88,19 @@ def _to_fake(model: torch.nn.Module, fake_mode, device: torch.device) -> None:
                 setattr(module, name, done[id(value)])
 
 
-def build_trial(spec: JobSpec, method: Method, batch_size: int, device: torch.device, fake_mode=None) -> Trial:
+def build_trial(
+    spec: JobSpec,
+    method: Method,
+    batch_size: int,
+    device: torch.device,
+    fake_mode=None,
+    kernels: DeviceModel | None = None,
+) -> Trial:
     """A fresh seeded model with the method applied, its optimizer and a batch.
 
     With fake_mode the model is built on the meta device (no memory, and module.to() works there,
-    which it does not on fake parameters) and then turned into fake tensors on `device`.
+    which it does not on fake parameters) and then turned into fake tensors on `device`; `kernels`
+    then says which CUDA device's kernel choices the trace follows (None: the CPU's).
     """
     with torch.device("meta" if fake_mode is not None else device):
         family, model = build_model(spec)
@@ -97,7 +109,12 @@ def build_trial(spec: JobSpec, method: Method, batch_size: int, device: torch.de
         _to_fake(model, fake_mode, device)
     config = getattr(model, "config", None) or model.base_model.model.config
     batch = make_batch(family, config, batch_size, spec.seq_len, device, seed=spec.seed)
-    return Trial(model, make_optimizer(spec, model), batch, device, spec.dtype)
+    if fake_mode is not None:
+        # The batch's mask is all ones. On real tensors transformers sees that and drops it (SDPA
+        # then runs maskless, and on CUDA fused); fake tensors have no values to look at, so it
+        # would keep a mask that no real run keeps. Dropping it here is what a real run does.
+        batch.pop("attention_mask", None)
+    return Trial(model, make_optimizer(spec, model), batch, device, spec.dtype, kernels)
 
 
 class CPUAllocatorRecord:
@@ -147,9 +164,13 @@ def measure_memory(trial: Trial, mode: str) -> dict:
 
     Peaks are the CUDA allocator's on cuda and the storage tracker's otherwise; on cpu the caller
     replaces them with a CPUAllocatorRecord's, which has to span the trial's construction too.
+    An estimate of a CUDA device counts storages in the allocator's block sizes, plus the cuBLAS
+    workspaces a real device holds from its first matmul on.
     """
-    tracker = StorageTracker()
-    saved = SavedTensorCounter(trial.model)
+    tracker = StorageTracker(block=trial.kernels.round_bytes if trial.kernels else 1)
+    fixed = trial.kernels.workspace_bytes if trial.kernels else 0
+    # the counter's saved-tensor hook shadows the tracker's while it is active: it forwards to it
+    saved = SavedTensorCounter(trial.model, on_pack=tracker.saved)
     cuda = mode == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -164,10 +185,10 @@ def measure_memory(trial: Trial, mode: str) -> dict:
         tracker.reset_peak()
         with torch.profiler.record_function("wtacrs::first_step"):
             trial.forward_backward(saved)
-        first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak
+        first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
         with torch.profiler.record_function("wtacrs::steady"):
             rest()
-        peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak
+        peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
     out = {
         "peak_bytes": int(peak),
         "first_step_peak_bytes": int(first_peak),
@@ -175,6 +196,8 @@ def measure_memory(trial: Trial, mode: str) -> dict:
         "tracked_peak_bytes": int(tracker.peak),
         "breakdown": tracker.peak_breakdown(),
     }
+    if trial.kernels:
+        out["workspace_bytes"] = fixed  # in the peaks; not in the breakdown, which is the tracker's in every mode
     if cuda:
         stats = torch.cuda.memory_stats()
         out.update(
@@ -219,9 +242,16 @@ def measure_throughput(trial: Trial, spec: JobSpec, tokens: int, samples: int) -
 
 
 def release(trial: Trial | None) -> None:
+    """Drop what a trial holds beyond its model (gradients, optimizer state)."""
     if trial is not None:
         trial.model.zero_grad(set_to_none=True)
         trial.optimizer.state.clear()
+
+
+def free_cached() -> None:
+    """Collect what is unreachable and hand the CUDA allocator's cached blocks back, so the next
+    trial's peaks (reserved ones included) start from what is really alive. Call it where no
+    exception is being handled: a traceback keeps its frames', and so a failed step's, tensors."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

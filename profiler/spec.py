@@ -111,6 +111,11 @@ class JobSpec(Strict):
     target_memory_gb: float | None = Field(
         None, gt=0, allow_inf_nan=False, description="estimate mode: device memory to fit in (GiB)"
     )
+    estimate_device: Literal["cuda-sm90", "cpu"] = Field(
+        "cuda-sm90",
+        description="estimate mode: whose kernels the trace follows: a CUDA sm90 device (H100/H200: fused "
+        "attention and dropout, its allocator's blocks and workspaces) or this host's CPU",
+    )
     steps: int = Field(3, ge=1, le=1000)
     warmup: int = Field(1, ge=0, le=100)
     seed: int = Field(0, ge=0, le=2**32 - 1)

@@ -23,8 +23,9 @@ def _storage(t: torch.Tensor):
 
 
 class StorageTracker(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, block: int = 1):
         super().__init__()
+        self.block = block  # storages are counted in multiples of this (a caching allocator's block)
         self.live: dict[int, tuple[int, int]] = {}  # storage key -> (nbytes, generation)
         self.current = 0
         self.peak = 0
@@ -42,7 +43,7 @@ class StorageTracker(TorchDispatchMode):
         found = self.live.get(key)
         if found is not None:
             return key, found[1]
-        nbytes = st.nbytes()
+        nbytes = -(-st.nbytes() // self.block) * self.block
         self._gen += 1
         self.live[key] = (nbytes, self._gen)
         self.current += nbytes
@@ -90,9 +91,7 @@ class StorageTracker(TorchDispatchMode):
         ]
 
         def pack(t):
-            ident = self.track(t)
-            if ident is not None and ident not in self.kind:
-                self.kind[ident] = "activations"
+            self.saved(t)
             return t
 
         hooks.append(optimizer.register_step_post_hook(lambda opt, a, k: self._mark_optimizer(opt)))
@@ -102,6 +101,12 @@ class StorageTracker(TorchDispatchMode):
         finally:
             for h in hooks:
                 h.remove()
+
+    def saved(self, t: torch.Tensor) -> None:
+        """What autograd saves for backward is an activation, whichever module saved it."""
+        ident = self.track(t)
+        if ident is not None and ident not in self.kind:
+            self.kind[ident] = "activations"
 
     def _mark_optimizer(self, optimizer) -> None:
         for state in optimizer.state.values():

@@ -9,9 +9,10 @@ import torch
 
 import wtacrs
 
+from .cuda_model import SM90
 from .environment import process_device_bytes
 from .maxbatch import Probe, search
-from .measure import CPUAllocatorRecord, build_trial, measure_memory, measure_throughput, release
+from .measure import CPUAllocatorRecord, build_trial, free_cached, measure_memory, measure_throughput, release
 from .methods_grammar import Method
 from .spec import JobSpec
 
@@ -62,11 +63,15 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
         "oom": False,
         "error": None,
     }
+    kernels = None
+    if spec.device == "estimate":
+        row["estimate_device"] = spec.estimate_device
+        kernels = SM90 if spec.estimate_device == SM90.name else None
     trial = None
     try:
         with _mode_context(spec) as context:
             fake_mode = context if spec.device == "estimate" else None
-            trial = build_trial(spec, method, batch_size, device_for(spec), fake_mode)
+            trial = build_trial(spec, method, batch_size, device_for(spec), fake_mode, kernels)
             row.update(measure_memory(trial, spec.device))
         if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
             row["first_step_peak_bytes"] = context.peak("wtacrs::first_step")
@@ -82,10 +87,15 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
     except Exception as err:  # an OOM is a measurement; anything else is this row's error
         if _is_oom(err):
             row["oom"] = True
+            row["oom_message"] = str(err).split("\n")[0][:300]
         else:
             row["error"] = f"{type(err).__name__}: {err}"
-    finally:
-        release(trial)
+    # Only here, with the exception and its traceback gone (their frames hold the step's tensors),
+    # is the failed trial unreachable: freeing it inside `except` would leave its blocks cached
+    # and every later probe of a max-batch search would fail for memory a dead trial holds.
+    release(trial)
+    del trial
+    free_cached()
     return row
 
 
@@ -98,7 +108,7 @@ def max_batch_row(spec: JobSpec, method: Method) -> dict:
             raise RuntimeError(row["error"])
         peak = row.get("reserved_bytes", row.get("peak_bytes"))
         if row["oom"] and spec.device != "estimate":
-            return Probe(b, False, None, "out of memory")
+            return Probe(b, False, None, f"out of memory: {row['oom_message']}")
         fits = limit is None or peak <= limit
         return Probe(b, fits, peak, "" if fits else "over the memory limit")
 
@@ -143,19 +153,23 @@ def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[dict]:
     finally:
         release(sampled)
         release(reference)
+        del sampled, reference
+        free_cached()
     rows = []
     for name, g in exact.items():
         stack = torch.stack([d[name] for d in draws])
-        norm = g.norm().item() or 1e-30
+        norm = g.norm().item()
         mean = stack.mean(0)
+        # a relative error of a zero gradient (e.g. LoRA's frozen-path layers) is undefined, not 0
+        defined = norm > 0 and math.isfinite(norm)
         rows.append(
             {
                 "method": method.name,
                 "batch_size": batch_size,
                 "layer": name,
-                "relative_error": (stack - g).flatten(1).norm(dim=1).mean().item() / norm,
-                "relative_bias": (mean - g).norm().item() / norm,
-                "relative_variance": ((stack - mean) ** 2).sum((1, 2)).mean().item() / norm**2,
+                "relative_error": (stack - g).flatten(1).norm(dim=1).mean().item() / norm if defined else None,
+                "relative_bias": (mean - g).norm().item() / norm if defined else None,
+                "relative_variance": ((stack - mean) ** 2).sum((1, 2)).mean().item() / norm**2 if defined else None,
                 "draws": FIDELITY_DRAWS,
                 "exact_norm": norm if math.isfinite(norm) else None,
             }

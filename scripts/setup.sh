@@ -12,5 +12,5 @@ PIP=".venv/bin/python -m pip"
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     $PIP install -q "$TORCH_SPEC"
 fi
-$PIP install -q -e ".[worker,server,dev,accuracy]"
+$PIP install -q -c constraints.txt -e ".[worker,server,dev,accuracy]"
 .venv/bin/python -c "import torch, transformers, wtacrs; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__)"

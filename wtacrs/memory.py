@@ -10,14 +10,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 
 class SavedTensorCounter:
-    def __init__(self, model: nn.Module):
+    """`on_pack` sees every saved tensor too: saved-tensor hooks do not nest (the innermost pair
+    alone runs), so an outer hook that must keep seeing them is passed here."""
+
+    def __init__(self, model: nn.Module, on_pack: Callable[[torch.Tensor], object] | None = None):
         self.model = model
+        self._on_pack = on_pack
         self.by_module: collections.Counter[str] = collections.Counter()
         self.total = 0
         self._seen: set[int] = set()
@@ -25,6 +30,8 @@ class SavedTensorCounter:
         self._stack: list[str] = []
 
     def _pack(self, t: torch.Tensor):
+        if self._on_pack is not None:
+            self._on_pack(t)
         storage = t.untyped_storage()
         key = storage._cdata  # the StorageImpl: shared by views, defined for fake tensors too
         if storage.nbytes() and key not in self._seen and key not in self._params:

@@ -60,3 +60,94 @@ def test_plateau_at_small_batches_does_not_degrade_to_a_linear_scan():
     result = search(probe, limit, upper=100_000)
     assert result.max_batch_size == 3000
     assert len(calls) <= (3000).bit_length() + 3, calls
+
+
+class _DeviceLimit:
+    """A device that runs out: a dispatch-level count of live bytes created during a trial,
+    raising torch.OutOfMemoryError (from inside forward/backward, as CUDA does) past `limit`."""
+
+    def __init__(self, limit):
+        self.limit, self.high = limit, 0
+
+    def wrap(self, measure):
+        import torch
+
+        from profiler.tracker import StorageTracker
+
+        device = self
+
+        class Limited(StorageTracker):
+            def track(self, t):
+                ident = super().track(t)
+                device.high = max(device.high, self.current)
+                if self.current > device.limit:
+                    raise torch.OutOfMemoryError(f"tried to hold {self.current} bytes of {device.limit}")
+                return ident
+
+        def measured(trial, mode):
+            with Limited():
+                return measure(trial, mode)
+
+        return measured
+
+
+def test_search_stays_exact_after_real_ooms(monkeypatch):
+    """OOMs mid-search (the H100 bug: after the first one every probe failed) must not poison the
+    next probe: the answer is the largest batch that fits alone, the same twice, and nothing of a
+    failed probe is alive once it has returned."""
+    import gc
+    import weakref
+
+    from profiler import measure, trials
+    from profiler.methods_grammar import parse_method
+    from profiler.spec import JobSpec
+
+    spec = JobSpec.model_validate(
+        {
+            "model": "bert-tiny",
+            "methods": ["full"],
+            "seq_len": 32,
+            "batch_sizes": [1],
+            "measurements": ["max_batch_size"],
+            "device": "cpu",
+            "target_memory_gb": 1000,  # the host limit never binds: only the device's OOMs do
+            "max_batch": {"upper": 4096},
+        }
+    )
+    method = parse_method("full")
+    sizing = _DeviceLimit(float("inf"))
+    monkeypatch.setattr(trials, "measure_memory", sizing.wrap(measure.measure_memory))
+    trials.trial_row(spec, method, 24, throughput=False)
+    device = _DeviceLimit(sizing.high)  # batch 24 is right at the limit
+    monkeypatch.setattr(trials, "measure_memory", device.wrap(measure.measure_memory))
+
+    models = []
+    build = trials.build_trial
+
+    def tracked_build(*args, **kwargs):
+        trial = build(*args, **kwargs)
+        models.append(weakref.ref(trial.model))
+        return trial
+
+    monkeypatch.setattr(trials, "build_trial", tracked_build)
+    leaks = []
+
+    def checked_free():  # the cache is handed back only once the failed trial is unreachable
+        gc.collect()
+        leaks.extend(m for m in models if m() is not None)
+
+    monkeypatch.setattr(trials, "free_cached", checked_free)
+
+    def fits_alone(b):
+        return not trials.trial_row(spec, method, b, throughput=False)["oom"]
+
+    first = trials.max_batch_row(spec, method)
+    assert models and not leaks, "a probe's model was still alive when its memory was handed back"
+    second = trials.max_batch_row(spec, method)
+    answer = first["max_batch_size"]
+    failed = [p for p in first["probes"] if not p["fits"]]
+    assert len(failed) >= 2, first["probes"]  # the search went on after OOMs
+    assert all(p["reason"].startswith("out of memory") for p in failed)
+    assert 1 < answer < 4096 and not first["capped_at_upper"]
+    assert fits_alone(answer) and not fits_alone(answer + 1)
+    assert second["max_batch_size"] == answer

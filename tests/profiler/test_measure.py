@@ -14,7 +14,7 @@ def job(**kw):
 @pytest.mark.parametrize("model", ["bert-tiny", "gpt2-tiny", "t5-tiny", "llama-tiny"])
 def test_estimate_matches_the_cpu_allocator(model):
     kw = {"model": model, "methods": ["full", "wtacrs@0.3"], "batch_sizes": [2, 8]}
-    measured, estimated = job(device="cpu", **kw), job(device="estimate", **kw)
+    measured, estimated = job(device="cpu", **kw), job(device="estimate", estimate_device="cpu", **kw)
     assert measured["status"] == estimated["status"] == "succeeded", measured["errors"] + estimated["errors"]
     for m, e in zip(measured["results"], estimated["results"]):
         assert (m["method"], m["batch_size"]) == (e["method"], e["batch_size"])
@@ -29,8 +29,9 @@ def test_breakdown_and_activations():
     full, wta = result["results"]
     params = full["breakdown"]["parameters"]
     assert params == wta["breakdown"]["parameters"] > 0
-    # AdamW: exp_avg and exp_avg_sq per parameter, plus a 4-byte step counter per tensor
-    assert 0 <= full["breakdown"]["optimizer_state"] - 2 * params <= 4 * 64
+    # AdamW: exp_avg and exp_avg_sq per parameter, plus a step counter per tensor (4 bytes, which
+    # the CUDA device this estimates holds in one 512-byte allocator block)
+    assert 0 <= full["breakdown"]["optimizer_state"] - 2 * params <= 512 * 64
     assert wta["activation_bytes"] * 2 < full["activation_bytes"]  # BERT-base reaches 3.2x (benchmarks)
     # the breakdown is a snapshot taken within 0.1% of the peak
     assert 0.999 * full["tracked_peak_bytes"] <= sum(full["breakdown"].values()) <= full["tracked_peak_bytes"]
@@ -120,6 +121,17 @@ def test_checkpointing_and_lora_change_what_is_kept():
 
 
 @pytest.mark.parametrize("device", ["cpu", "estimate"])
+def test_saved_tensors_are_activations_for_every_method(device):
+    """Whatever module saved it (LoRA's adapters included), a saved tensor is an activation."""
+    methods = ["full", "lora", "lora+wtacrs@0.3"]
+    result = job(model="bert-tiny", methods=methods, batch_sizes=[8], device=device)
+    for row in result["results"]:
+        # LoRA peaks in step 1 with every saved tensor alive; full peaks later, most still alive
+        assert row["breakdown"]["activations"] >= 0.5 * row["activation_bytes"] > 0, row
+    assert result["results"][1]["breakdown"]["activations"] >= 0.95 * result["results"][1]["activation_bytes"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "estimate"])
 def test_bf16_autocast(device):
     result = job(model="bert-tiny", methods=["full", "wtacrs@0.3"], batch_sizes=[4], device=device, dtype="bf16")
     assert result["status"] == "succeeded", result["errors"]
@@ -144,7 +156,7 @@ def test_cuda_max_batch_with_real_oom():
         methods=["full"],
         device="cuda",
         measurements=["max_batch_size"],
-        max_batch={"upper": 1 << 20, "headroom": 0.0},
+        max_batch={"upper": 1_000_000, "headroom": 0.0},
         seq_len=512,
     )
     row = result["max_batch"][0]

@@ -1,0 +1,82 @@
+"""The estimate against recorded GPU measurements: what a CUDA device holds is the ground truth.
+
+Every `cuda` row of every recorded reference (../shared/gpu-reference/, benchmarks/gpu-reference/)
+is estimated here, without a GPU, from the same spec; first-step peak within 3% and each
+breakdown category within 5% (or 64 MiB). Nothing in the estimate knows these files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import transformers
+
+from profiler.methods_grammar import parse_method
+from profiler.spec import JobSpec
+from profiler.trials import trial_row
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_DIRS = (ROOT.parent / "shared" / "gpu-reference", ROOT / "benchmarks" / "gpu-reference")
+PEAK_TOLERANCE = 0.03
+CATEGORY_TOLERANCE, CATEGORY_FLOOR = 0.05, 64 * 2**20
+
+
+def _references() -> list[tuple[str, dict, dict]]:
+    cases = []
+    for folder in REFERENCE_DIRS:
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            job = json.loads(path.read_text())["cuda"]
+            env = job.get("environment") or {}
+            for row in job["results"]:
+                if not row.get("oom") and not row.get("error"):
+                    cases.append((f"{path.stem}:{row['method']}@{row['batch_size']}", job, row | {"env": env}))
+    return cases
+
+
+CASES = _references()
+
+
+def _misfiled(row: dict) -> bool:
+    """References taken before the breakdown fix filed LoRA's saved tensors under "other"."""
+    return row["breakdown"]["activations"] < 0.01 * row["activation_bytes"]
+
+
+def _categories(breakdown: dict, merge: bool) -> dict:
+    out = dict(breakdown)
+    if merge:
+        out["activations+other"] = out.pop("activations") + out.pop("other")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CASES, reason=f"no recorded GPU reference in {[str(d) for d in REFERENCE_DIRS]}")
+@pytest.mark.parametrize("name,job,row", CASES, ids=[c[0] for c in CASES])
+def test_estimate_matches_gpu(name, job, row):
+    recorded = row["env"].get("transformers_version")
+    if recorded and recorded != transformers.__version__:
+        pytest.skip(
+            f"{name} was recorded with transformers {recorded}, this is {transformers.__version__}: "
+            "their models differ (scripts/setup.sh installs the recorded version from constraints.txt)"
+        )
+    spec = JobSpec.model_validate(
+        job["spec"]
+        | {
+            "device": "estimate",
+            "batch_sizes": [row["batch_size"]],
+            "measurements": ["peak_memory"],
+            "target_memory_gb": row["env"].get("device_total_bytes", 80 * 2**30) / 2**30,
+            "estimate_device": "cuda-sm90",
+        }
+    )
+    est = trial_row(spec, parse_method(row["method"]), row["batch_size"], throughput=False)
+    assert est["error"] is None, est["error"]
+    assert est["estimate_device"] == "cuda-sm90"
+    error = est["first_step_peak_bytes"] / row["first_step_peak_bytes"] - 1
+    assert abs(error) <= PEAK_TOLERANCE, f"first-step peak {error:+.1%} off the GPU"
+    merge = _misfiled(row)
+    mine, theirs = _categories(est["breakdown"], merge), _categories(row["breakdown"], merge)
+    for category, truth in theirs.items():
+        allowed = max(CATEGORY_TOLERANCE * truth, CATEGORY_FLOOR)
+        assert abs(mine[category] - truth) <= allowed, f"{category}: {mine[category]} vs GPU {truth}"
