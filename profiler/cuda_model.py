@@ -67,13 +67,7 @@ def sdpa_backend(q, k, v, attn_mask, dropout_p: float, is_causal: bool, model: D
     ):
         return "flash"
     align = 8 if q.dtype in _LOW else 4  # minimum_gemm_alignment on sm80+ with tensor cores
-    if (
-        d_q == k.shape[-1]
-        and d_q % align == 0
-        and d_v % align == 0
-        and strided
-        and heads_ok
-    ):
+    if d_q == k.shape[-1] and d_q % align == 0 and d_v % align == 0 and strided and heads_ok:
         return "efficient"
     return "math"
 
