@@ -186,6 +186,7 @@ def measure_memory(trial: Trial, mode: str) -> dict:
         with torch.profiler.record_function("wtacrs::first_step"):
             trial.forward_backward(saved)
         first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
+        first_breakdown = tracker.peak_breakdown()
         with torch.profiler.record_function("wtacrs::steady"):
             rest()
         peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
@@ -195,6 +196,7 @@ def measure_memory(trial: Trial, mode: str) -> dict:
         "activation_bytes": int(saved.total),
         "tracked_peak_bytes": int(tracker.peak),
         "breakdown": tracker.peak_breakdown(),
+        "first_step_breakdown": first_breakdown,
     }
     if trial.kernels:
         out["workspace_bytes"] = fixed  # in the peaks; not in the breakdown, which is the tracker's in every mode

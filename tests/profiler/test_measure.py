@@ -124,11 +124,14 @@ def test_checkpointing_and_lora_change_what_is_kept():
 def test_saved_tensors_are_activations_for_every_method(device):
     """Whatever module saved it (LoRA's adapters included), a saved tensor is an activation."""
     methods = ["full", "lora", "lora+wtacrs@0.3"]
-    result = job(model="bert-tiny", methods=methods, batch_sizes=[8], device=device)
+    # long enough that saved tensors, not gradients, make the first step's peak
+    result = job(model="bert-tiny", methods=methods, batch_sizes=[16], seq_len=128, device=device)
     for row in result["results"]:
-        # LoRA peaks in step 1 with every saved tensor alive; full peaks later, most still alive
-        assert row["breakdown"]["activations"] >= 0.5 * row["activation_bytes"] > 0, row
-    assert result["results"][1]["breakdown"]["activations"] >= 0.95 * result["results"][1]["activation_bytes"]
+        # the first step peaks as backward starts, with what the forward saved still alive
+        first = row["first_step_breakdown"]
+        assert first["activations"] >= 0.8 * row["activation_bytes"] > 0, row
+        assert first["activations"] > first["other"], row
+        assert row["breakdown"]["activations"] > 0
 
 
 @pytest.mark.parametrize("device", ["cpu", "estimate"])
