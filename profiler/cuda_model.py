@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .cuda_autocast import cuda_autocast
+
 _LOW = (torch.float16, torch.bfloat16)
 
 
@@ -78,6 +80,13 @@ def _expand_heads(t, heads: int):
 
 
 def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *, model):
+    if torch.is_autocast_enabled("cpu"):
+        # CUDA autocast's SDPA wrapper: every floating input in the autocast dtype, and the kernel
+        # (the math path included) then runs with autocast off
+        low = torch.get_autocast_dtype("cpu")
+        q, k, v, attn_mask = (t.to(low) if t is not None and t.is_floating_point() else t for t in (q, k, v, attn_mask))
+        with torch.autocast("cpu", enabled=False):
+            return _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, model=model)
     backend = sdpa_backend(q, k, v, attn_mask, dropout_p, is_causal, model)
     if backend != "flash":  # the fused efficient kernel and the math path both take equal heads
         k, v = _expand_heads(k, q.shape[-3]), _expand_heads(v, q.shape[-3])
@@ -140,6 +149,7 @@ def cuda_kernels(model: DeviceModel = SM90):
     F.dropout = cuda_dropout
     F.scaled_dot_product_attention = functools.partial(_sdpa, model=model)
     try:
-        yield
+        with cuda_autocast():
+            yield
     finally:
         F.dropout, F.scaled_dot_product_attention = dropout, sdpa

@@ -54,3 +54,9 @@ def test_one_timestamp_format_everywhere(client):
             assert len(client.get("/api/results", params={"since": text}).json()) == rows, text
         naive = since.replace(tzinfo=None).isoformat()
         assert len(client.get("/api/results", params={"since": naive}).json()) == rows, naive
+
+
+def test_a_time_out_of_range_in_utc_is_a_422(client):
+    # year 1 at +22:01 is before year 1 in UTC: found by the fuzzer as a 500
+    r = client.get("/api/results", params={"until": "0001-01-01T00:00:46+22:01"})
+    assert r.status_code == 422 and "out of range" in r.text

@@ -132,7 +132,10 @@ async def filters(
 ) -> Filters:
     equal = {"job_id": job_id, "model": model, "mode": mode or device, "dtype": dtype}
     # a time without an offset is UTC, like every stored one; one with an offset is converted
-    since, until = (as_utc(t) if t else None for t in (since, until))
+    try:
+        since, until = (as_utc(t) if t else None for t in (since, until))
+    except OverflowError:
+        raise HTTPException(422, "since/until is out of range once converted to UTC (years 1-9999)") from None
     return Filters({c: v for c, v in equal.items() if v}, method, since, until, limit, offset)
 
 

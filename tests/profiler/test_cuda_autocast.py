@@ -1,0 +1,54 @@
+"""CUDA's autocast rules on fake CPU tensors: the lists are ATen's, the casts are CUDA's."""
+
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from profiler.cuda_autocast import _weight_casts, cuda_autocast, policies
+
+
+def _wrapped(key: str) -> set[str]:
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("aten::")]
+    return {n[len("aten::") :] for n in names if torch._C._dispatch_has_kernel_for_dispatch_key(n, key)}
+
+
+def test_the_lists_are_the_installed_torchs():
+    # the dispatcher knows which ops CUDA's autocast wraps (not how): ours must be exactly those
+    assert set(policies()) == _wrapped("AutocastCUDA")
+
+
+def _dtypes():
+    x = torch.empty(4, 8, requires_grad=True)
+    w = torch.empty(8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = x @ w
+        return {
+            "matmul": h.dtype,
+            "softmax": torch.softmax(h, -1).dtype,
+            "layer_norm": F.layer_norm(h, (8,)).dtype,
+            "pow": h.pow(2).dtype,
+            "cross_entropy": F.cross_entropy(h, torch.zeros(4, dtype=torch.long)).dtype,
+        }
+
+
+def test_casts_follow_cuda_and_are_undone():
+    with FakeTensorMode():
+        cpu = _dtypes()
+        with cuda_autocast():
+            cuda = _dtypes()
+        again = _dtypes()
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert cuda == {"matmul": bf16, "softmax": fp32, "layer_norm": fp32, "pow": fp32, "cross_entropy": fp32}
+    assert cpu["softmax"] == cpu["layer_norm"] == bf16  # the CPU's lists keep these low
+    assert again == cpu
+
+
+def test_a_weight_is_cast_once_per_region():
+    with FakeTensorMode(), cuda_autocast():
+        w = torch.empty(8, 8, requires_grad=True)
+        x = torch.empty(2, 8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            F.linear(x, w)
+            F.linear(x, w)
+            assert len(_weight_casts) == 1  # one copy, held for the region as ATen's cache holds it
+        assert not _weight_casts
