@@ -70,11 +70,22 @@ class _MemEffAttentionFn(torch.autograd.Function):
             bits = pack_bits(keep)
         out = torch.matmul(probs.to(v.dtype), vx)
         ctx.meta = (scaling, p, causal, groups, probs.shape, bias.shape if bias is not None else None)
+        dev = q.device.type
+        ctx.autocast = (dev, torch.get_autocast_dtype(dev), torch.is_autocast_enabled(dev))
         ctx.save_for_backward(q, k, v, mask, bias, lse, bits)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        # the forward's matmuls ran under the caller's autocast (their inputs may mix dtypes, as
+        # LLaMA's rotated fp32 q/k with a bf16 grad_out): backward runs under the same state, as
+        # torch.amp.custom_bwd does, for whichever device the tensors are on
+        dev, dtype, enabled = ctx.autocast
+        with torch.autocast(dev, dtype=dtype, enabled=enabled):
+            return _MemEffAttentionFn._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q, k, v, mask, bias, lse, bits = ctx.saved_tensors
         scaling, p, causal, groups, pshape, bias_shape = ctx.meta
         kx, vx = _expand_kv(k, groups), _expand_kv(v, groups)
