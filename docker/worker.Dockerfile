@@ -1,9 +1,9 @@
 # A GPU worker: CUDA build of torch from the PyTorch image, then the profiler.
 FROM pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
 WORKDIR /srv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY profiler ./profiler
 COPY wtacrs ./wtacrs
 COPY app ./app
-RUN pip install --no-cache-dir ".[worker,accuracy]"
+RUN pip install --no-cache-dir -c constraints.txt ".[worker,accuracy]"
 CMD ["sh", "-c", "wtacrs-prof worker --api \"$WTACRS_API\" --name \"$(hostname)\""]
