@@ -6,4 +6,5 @@ COPY profiler ./profiler
 COPY wtacrs ./wtacrs
 COPY app ./app
 RUN pip install --no-cache-dir -c constraints.txt ".[worker,accuracy]"
-CMD ["sh", "-c", "wtacrs-prof worker --api \"$WTACRS_API\" --name \"$(hostname)\""]
+# the worker's token: WTACRS_TOKEN, else WTACRS_WORKER_TOKEN, else WTACRS_ADMIN_TOKEN
+CMD ["sh", "-c", "WTACRS_TOKEN=\"${WTACRS_TOKEN:-${WTACRS_WORKER_TOKEN:-$WTACRS_ADMIN_TOKEN}}\" exec wtacrs-prof worker --api \"$WTACRS_API\" --name \"$(hostname)\""]
