@@ -1,0 +1,406 @@
+"""Everything worth a GPU lease in one command, most important first, inside a time budget.
+
+1. the `cuda`-marked tests (pytest -m cuda, in a subprocess);
+2. the paper's Table 2 setting (batch 100, length 128, every method) measured on the GPU and
+   estimated (FakeTensorMode, cuda-sm90 kernels) side by side, with the estimate's error;
+3. the exact largest batch per method on the GPU.
+
+Order: tests, t5-base fp32, t5-large fp32, t5-base bf16, t5-large bf16, max batch t5-base fp32,
+t5-large fp32. A part whose predicted time does not fit in what is left of --budget-s is skipped
+(the report says so) and later, cheaper parts still run; a running part is cut at the budget.
+`--parts` picks parts by name, so a second run can take what the first skipped.
+
+Writes `report.md`, `results.json` ({"environment", "cuda_tests", "jobs": {name: {"cuda": job,
+"estimate": job}}, "max_batch", "comparison", "skipped"}) and one `<model>-b100-l128-<dtype>-<gpu>.json`
+per setting, shaped like ../shared/gpu-reference/*.json: copy one to benchmarks/gpu-reference/ and
+tests/profiler/test_estimate_vs_gpu.py checks the estimate against it. Both files are rewritten
+after every part, so a run killed at its limit still leaves what it finished.
+
+On the GPU host (torch 2.11, transformers 5.17, peft, pytest; no pydantic, no package index).
+On a dev machine, in the repo root (.wheels/ is git-ignored; pydantic 2.14 needs typing-extensions
+>= 4.16, newer than the host may have, so it travels too):
+
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .wheels/gpu-host \
+    pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
+    typing-extensions==4.16.0
+
+Carry .wheels/gpu-host with the checkout (the device tool: carry [".wheels"]), then on the host:
+
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .wheels/gpu-host/*.whl
+  PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --out-dir "${OUT:-out/gpu_suite}"
+
+Smoke run without a GPU: `PYTHONPATH=. .venv/bin/python benchmarks/gpu_suite.py --quick --device cpu
+--in-process` (tiny models, `cpu` mode in place of `cuda`; the cuda tests run and skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from profiler.runner import run_job  # noqa: E402
+from profiler.spec import JobSpec  # noqa: E402
+
+METHODS = ["full", "checkpointing", "lora", "wtacrs@0.3", "wtacrs@0.1", "lora+wtacrs@0.3", "lora+wtacrs@0.1"]
+GIB = 2**30
+# a part's cost relative to the first setting: the per-method child start is fixed, model build,
+# steps and trace grow with the layers (t5-large has twice t5-base's); max batch probes ~5 steps
+SIZE = {"t5-large": 2.2}
+MAXBATCH_FACTOR = 2.0
+# seconds per unit until something was timed: an H100 ran t5-base fp32 in about 112 s (cuda) and
+# 132 s (estimate) one after the other (../shared/gpu-reference/README.md); side by side, ~150 s
+FIRST_GUESS, QUICK_GUESS, TESTS_GUESS = 150.0, 60.0, 60.0
+
+
+@dataclass
+class Part:
+    name: str
+    kind: str  # "tests", "setting" or "maxbatch"
+    model: str = ""
+    dtype: str = "fp32"
+    weight: float = 1.0
+
+
+def plan(args) -> list[Part]:
+    models, dtypes = (["t5-tiny", "bert-tiny"], ["fp32"]) if args.quick else (["t5-base", "t5-large"], ["fp32", "bf16"])
+    parts = [Part("tests", "tests")]
+    parts += [Part(f"{m}-{d}", "setting", m, d, SIZE.get(m, 1.0)) for d in dtypes for m in models]
+    parts += [
+        Part(f"maxbatch-{m}-fp32", "maxbatch", m, "fp32", MAXBATCH_FACTOR * SIZE.get(m, 1.0))
+        for m in models[: 1 if args.quick else 2]
+    ]
+    if args.parts:
+        wanted = args.parts.split(",")
+        unknown = sorted(set(wanted) - {p.name for p in parts})
+        if unknown:
+            sys.exit(f"unknown parts {unknown}; known: {[p.name for p in parts]}")
+        parts = [p for p in parts if p.name in wanted]
+    return [p for p in parts if not (p.kind == "tests" and args.skip_tests)]
+
+
+def make_spec(fields: dict) -> JobSpec:
+    if "estimate_device" not in JobSpec.model_fields:  # a spec.py from before the sm90 estimate
+        fields = {k: v for k, v in fields.items() if k != "estimate_device"}
+    return JobSpec.model_validate(fields)
+
+
+def table2_specs(args, part: Part, total_gib: float) -> tuple[JobSpec, JobSpec]:
+    base = {"model": part.model, "methods": METHODS, "seq_len": args.seq_len, "batch_sizes": [args.batch]}
+    base["dtype"] = part.dtype
+    measured = make_spec(
+        base | {"device": args.device, "measurements": ["peak_memory", "throughput"], "steps": 3, "warmup": 1}
+    )
+    estimate = make_spec(
+        base
+        | {
+            "device": "estimate",
+            "measurements": ["peak_memory"],
+            "steps": 1,
+            "warmup": 0,
+            "target_memory_gb": round(total_gib, 2),
+            # like against like: a CPU smoke run compares with a trace of CPU kernels
+            "estimate_device": "cuda-sm90" if args.device == "cuda" else "cpu",
+        }
+    )
+    return measured, estimate
+
+
+def maxbatch_spec(args, part: Part) -> JobSpec:
+    fields = {"model": part.model, "methods": METHODS, "seq_len": args.seq_len, "dtype": part.dtype}
+    fields |= {"device": args.device, "measurements": ["max_batch_size"], "max_batch": {"upper": args.max_batch_upper}}
+    if args.device == "cpu":  # host memory has no hard limit to probe against: a small one for the smoke run
+        fields["target_memory_gb"] = 1.0
+    return make_spec(fields)
+
+
+def child_env(**extra: str) -> dict:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return os.environ | {"PYTHONPATH": path} | extra
+
+
+def describe_environment(device: str) -> dict:
+    """In a child for cuda: a CUDA context in this process would hold GPU memory the whole run,
+    lowering every max batch found after it."""
+    code = "import json, sys; from profiler.environment import describe; print(json.dumps(describe(sys.argv[1])))"
+    out = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, env=child_env())
+    if out.returncode:
+        sys.exit(f"could not describe the {device} environment:\n{out.stderr[-2000:]}")
+    env = json.loads(out.stdout.strip().splitlines()[-1])
+    if device == "cuda" and "cuda_version" not in env:
+        sys.exit("torch sees no CUDA device here; use --device cpu for a smoke run")
+    return env
+
+
+def gpu_tag(env: dict) -> str:
+    found = re.search(r"\b([A-Z]\d{2,4})\b", env.get("device_name", "")) if env.get("mode") == "cuda" else None
+    return found.group(1).lower() if found else env.get("mode", "cpu")
+
+
+def run_cuda_tests(timeout: float) -> dict:
+    # only the files that hold cuda tests: the GPU host lacks fastapi/sqlalchemy, and collecting
+    # tests/app there would turn the run into collection errors
+    files = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if "mark.cuda" in p.read_text()
+    )
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *files]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env())
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as err:  # its output comes as bytes, text=True or not
+        output = b"".join(x or b"" for x in (err.stdout, err.stderr)).decode(errors="replace")
+        output, code = output + f"\n[killed after {timeout:.0f} s]", None
+    counts: dict[str, int] = {}
+    summary = next(
+        (ln for ln in reversed(output.splitlines()) if re.search(r"\d+ (passed|failed|skipped|error)", ln)), ""
+    )
+    for n, what in re.findall(r"(\d+) (passed|failed|skipped|deselected|xfailed|xpassed|errors?|warnings?)", summary):
+        counts[what.rstrip("s") + "s" if what.startswith(("error", "warning")) else what] = int(n)
+    result = {"command": cmd, "returncode": code, "counts": counts, "seconds": round(time.monotonic() - t0, 1)}
+    return result | {"tail": "\n".join(output.splitlines()[-40:])}
+
+
+def placeholder(spec: JobSpec, why: str) -> dict:
+    return {"status": "failed", "spec": spec.model_dump(mode="json"), "results": [], "max_batch": [], "errors": [why]}
+
+
+def run_pair(args, name: str, measured: JobSpec, estimate: JobSpec, deadline: float) -> tuple[dict, dict]:
+    def cancel() -> bool:
+        return time.time() > deadline
+
+    def progress(done: int, total: int, message: str) -> None:
+        print(f"  [{name} {args.device}] {done}/{total} {message}", file=sys.stderr, flush=True)
+
+    if args.device != "cuda" or args.in_process or args.serial:
+        isolate = not args.in_process
+        cuda = run_job(measured, progress=progress, isolate=isolate, should_cancel=cancel)
+        return cuda, run_job(estimate, isolate=isolate, should_cancel=cancel)
+    # The trace runs on the CPU beside the GPU measurement, halving the wall time. In its own
+    # process with CUDA hidden (a laptop's view, and no context taking GPU memory) and a quarter
+    # of the cores, so the measured steps keep the host's launch throughput.
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_suite-"))
+    threads = str(max(1, (os.cpu_count() or 4) // 4))
+    spec_path, out = tmp / "spec.json", tmp / "result.json"
+    cmd = [sys.executable, __file__, "--job", str(spec_path), str(out), "--deadline", str(deadline)]
+    spec_path.write_text(estimate.model_dump_json())
+    proc = subprocess.Popen(cmd, env=child_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=threads))
+    cuda = run_job(measured, progress=progress, should_cancel=cancel)
+    try:
+        proc.wait(timeout=max(deadline - time.time(), 0) + 60)  # it cancels itself at the deadline
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if out.exists():
+        return cuda, json.loads(out.read_text())
+    return cuda, placeholder(estimate, f"estimate process exited {proc.returncode}")
+
+
+def compare(measured: dict, estimate: dict) -> list[dict]:
+    est = {r["method"]: r for r in estimate.get("results", [])}
+    rows = measured.get("results", [])
+    full = next((r for r in rows if r["method"] == "full" and not r.get("error") and not r.get("oom")), None)
+    out = []
+    for r in rows:
+        e, ok = est.get(r["method"], {}), not r.get("error") and not r.get("oom")
+        row = {"method": r["method"], "status": "ok" if ok else ("oom" if r.get("oom") else "error")}
+        for key in ("first_step_peak_bytes", "peak_bytes"):
+            row[key], row[f"estimate_{key}"] = r.get(key), e.get(key)
+            both = ok and r.get(key) and e.get(key) and not e.get("error")
+            row[f"{key}_error_pct"] = round(100 * (e[key] / r[key] - 1), 2) if both else None
+        row["tokens_per_s"] = r.get("tokens_per_s")
+        if ok and full:
+            row["memory_x_full"] = round(full["first_step_peak_bytes"] / r["first_step_peak_bytes"], 3)
+            row["tokens_per_s_vs_full"] = round(r["tokens_per_s"] / full["tokens_per_s"], 3)
+        out.append(row)
+    return out
+
+
+def fmt(x, spec: str = ".2f", scale: float = 1.0) -> str:
+    return "—" if x is None else format(x / scale, spec)
+
+
+def setting_table(mode: str, rows: list[dict]) -> list[str]:
+    lines = [
+        f"| method | {mode} 1st-step GiB | estimate GiB | error % | {mode} peak GiB | estimate GiB | error % "
+        "| tokens/s | memory x full | tokens/s vs full |",
+        "|---|" + "---:|" * 9,
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | {r['status']} |" + " |" * 8)
+            continue
+        lines.append(
+            f"| {r['method']} | {fmt(r['first_step_peak_bytes'], scale=GIB)} "
+            f"| {fmt(r['estimate_first_step_peak_bytes'], scale=GIB)} | {fmt(r['first_step_peak_bytes_error_pct'], '+.1f')} "
+            f"| {fmt(r['peak_bytes'], scale=GIB)} | {fmt(r['estimate_peak_bytes'], scale=GIB)} "
+            f"| {fmt(r['peak_bytes_error_pct'], '+.1f')} | {fmt(r['tokens_per_s'], ',.0f')} "
+            f"| {fmt(r.get('memory_x_full'))}x | {fmt(r.get('tokens_per_s_vs_full'))} |"
+        )
+    return lines
+
+
+def maxbatch_table(job: dict) -> list[str]:
+    rows = job.get("max_batch", [])
+    full = next((r["max_batch_size"] for r in rows if r["method"] == "full"), None)
+    lines = ["| method | max batch | x full | capped at upper | probes |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = fmt(r["max_batch_size"] / full) + "x" if full else "—"
+        capped = "yes" if r.get("capped_at_upper") else "no"
+        lines.append(f"| {r['method']} | {r['max_batch_size']} | {ratio} | {capped} | {len(r.get('probes', []))} |")
+    return lines
+
+
+def job_notes(job: dict, label: str) -> list[str]:
+    notes = [f"- {label}: {job.get('status')}" + (f", {len(job['errors'])} error(s)" if job.get("errors") else "")]
+    return notes + [f"  - `{e.splitlines()[0][:300]}`" for e in job.get("errors", [])[:10]]
+
+
+def header(state: dict, args) -> list[str]:
+    env, s = state["environment"], state["suite"]
+    return [
+        f"# GPU suite: {env.get('device_name')}",
+        "",
+        f"- torch {env.get('torch_version')}, transformers {env.get('transformers_version')}, "
+        f"peft {env.get('peft_version')}, CUDA {env.get('cuda_version', '—')}, driver {env.get('driver', '—')}",
+        f"- git revision {env.get('git_revision')}, {s['date']}, host {env.get('host')}",
+        f"- `{' '.join(s['argv'])}`: budget {args.budget_s:g} s, {s['elapsed_s']:.0f} s so far",
+        f"- measured mode `{args.device}`; estimate mode with estimate_device {s['estimate_device']}, "
+        f"target {s['target_gib']:.2f} GiB; batch {args.batch}, length {args.seq_len}",
+    ]
+
+
+def section(state: dict, args, name: str) -> list[str]:
+    s, mode = state["suite"], args.device
+    if name == "tests":
+        t = state["cuda_tests"]
+        counts = ", ".join(f"{n} {k}" for k, n in t["counts"].items()) or "no summary line"
+        line = f"`{' '.join(t['command'][1:])}`: exit {t['returncode']}, {counts} ({t['seconds']} s)"
+        return ["## cuda-marked tests", "", line, "", "```", t["tail"], "```"]
+    if name in state["jobs"]:
+        pair = state["jobs"][name]
+        lines = [f"## {name} ({s['timings'].get(name, 0):.0f} s)", ""] + setting_table(mode, state["comparison"][name])
+        lines += [""] + job_notes(pair[mode], mode) + job_notes(pair["estimate"], "estimate")
+        ref = s["reference_files"].get(name)
+        return lines + ([f"- reference file: `{ref}`"] if ref else [])
+    job = state["max_batch"][name]
+    lines = [f"## max batch, {name}, {mode} ({s['timings'].get(name, 0):.0f} s)", ""] + maxbatch_table(job)
+    return lines + [""] + job_notes(job, mode)
+
+
+def render(state: dict, args) -> str:
+    names = (["tests"] if state["cuda_tests"] else []) + list(state["jobs"]) + list(state["max_batch"])
+    lines = header(state, args)
+    for name in names:
+        lines += [""] + section(state, args, name)
+    if state["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- {p['part']}: {p['reason']}" for p in state["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def save(state: dict, args) -> None:
+    state["suite"]["elapsed_s"] = round(time.monotonic() - args.t0, 1)
+    (args.out_dir / "results.json").write_text(json.dumps(state, indent=1))
+    (args.out_dir / "report.md").write_text(render(state, args))
+
+
+def run_suite(args) -> dict:
+    parts = plan(args)  # before anything slow: a wrong --parts fails at once
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.budget_s
+    env = describe_environment(args.device)
+    target_gib = (env.get("device_total_bytes") or 80 * GIB) / GIB
+    tag = gpu_tag(env)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    suite = {"argv": sys.argv, "date": date, "budget_s": args.budget_s, "gpu_tag": tag, "target_gib": target_gib}
+    suite |= {"estimate_device": "cuda-sm90" if args.device == "cuda" else "cpu", "timings": {}, "reference_files": {}}
+    suite["elapsed_s"] = 0.0
+    state = {"environment": env, "suite": suite, "cuda_tests": None, "jobs": {}, "max_batch": {}}
+    state |= {"comparison": {}, "skipped": []}
+    print("\n".join(header(state, args)), flush=True)
+    unit = QUICK_GUESS if args.quick else FIRST_GUESS
+    for part in parts:
+        left = deadline - time.time()
+        predicted = TESTS_GUESS if part.kind == "tests" else part.weight * unit
+        if predicted > left:
+            why = f"predicted ~{predicted:.0f} s, {max(left, 0):.0f} s left of --budget-s {args.budget_s:g}"
+            state["skipped"].append({"part": part.name, "reason": why})
+            print(f"skipped {part.name}: {why}", flush=True)
+            continue
+        t0 = time.monotonic()
+        name = "tests"
+        if part.kind == "tests":
+            state["cuda_tests"] = run_cuda_tests(timeout=left)
+        elif part.kind == "setting":
+            name = f"{part.model}-b{args.batch}-l{args.seq_len}-{part.dtype}"
+            measured, estimate = table2_specs(args, part, target_gib)
+            cuda, est = run_pair(args, name, measured, estimate, deadline)
+            state["jobs"][name] = {args.device: cuda, "estimate": est}
+            state["comparison"][name] = compare(cuda, est)
+            if any(not r.get("error") and not r.get("oom") for r in cuda["results"]):
+                path = args.out_dir / f"{name}-{tag}.json"
+                path.write_text(json.dumps({args.device: cuda, "estimate": est}, indent=1))
+                suite["reference_files"][name] = path.name
+        else:
+            name = f"{part.model}-l{args.seq_len}-{part.dtype}"
+            spec = maxbatch_spec(args, part)
+            state["max_batch"][name] = run_job(
+                spec, isolate=not args.in_process, should_cancel=lambda: time.time() > deadline
+            )
+        seconds = time.monotonic() - t0
+        suite["timings"][name] = round(seconds, 1)
+        if part.kind != "tests":
+            unit = seconds / part.weight  # the latest timing is the best guess for this host
+        save(state, args)
+        print("\n" + "\n".join(section(state, args, name)), flush=True)
+    save(state, args)
+    if state["skipped"]:
+        print("\n## Skipped\n\n" + "\n".join(f"- {p['part']}: {p['reason']}" for p in state["skipped"]))
+    print(f"\nwrote {args.out_dir / 'report.md'} and results.json ({suite['elapsed_s']:.0f} s)", flush=True)
+    return state
+
+
+def run_job_file(spec_path: str, out_path: str, deadline: float) -> None:
+    """The parallel estimate's process: one job, written to a file."""
+    spec = JobSpec.model_validate_json(Path(spec_path).read_text())
+    result = run_job(spec, should_cancel=lambda: time.time() > deadline)
+    Path(out_path).write_text(json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out-dir", type=Path, default=Path("out/gpu_suite"))
+    ap.add_argument("--budget-s", type=float, default=500, help="skip parts that would not finish in this time")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke run without a GPU")
+    ap.add_argument("--quick", action="store_true", help="tiny models (t5-tiny, bert-tiny), fp32, batch 4, length 32")
+    ap.add_argument("--parts", help="comma-separated part names (default: all, in priority order)")
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--serial", action="store_true", help="no estimate beside the GPU measurement (clean timing)")
+    ap.add_argument("--in-process", action="store_true", help="no child process per method (smoke runs)")
+    ap.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.job:
+        return run_job_file(*args.job, args.deadline)
+    args.batch, args.seq_len = (4, 32) if args.quick else (100, 128)
+    args.max_batch_upper = 64 if args.quick else 4096
+    args.t0 = time.monotonic()
+    run_suite(args)
+
+
+if __name__ == "__main__":
+    main()
