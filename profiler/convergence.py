@@ -77,14 +77,14 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
         )
     cuda = device.type == "cuda"
     torch.manual_seed(spec.seed)  # the new classifier head, dropout and sampling draws
-    _, model, tokenizer = load_pretrained(spec.model, parts.num_labels)
+    family, model, tokenizer = load_pretrained(spec.model, parts.num_labels)
     model = model.to(device)
     options = {}
     if method.sampler:
         options["norm_source"] = conf.norm_source
         if conf.norm_source == "example":
             options["num_examples"] = len(parts.train_ids)
-    model = apply_method(model, "bert", method, spec.lora_r, **options)
+    model = apply_method(model, family, method, spec.lora_r, **options)
     train = Encoded(tokenizer, sentences, labels, parts.train_ids, spec.seq_len, device)
     val = Encoded(tokenizer, sentences, labels, parts.val_ids, spec.seq_len, device)
     # What is live before training (weights, the tokenised data), counted from the tensors; the

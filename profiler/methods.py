@@ -5,9 +5,9 @@ from __future__ import annotations
 import warnings
 
 import wtacrs
+from wtacrs.families import family as family_record
 
 from .methods_grammar import Method
-from .zoo_names import FAMILIES
 
 _PEFT_TASK = {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal_lm": "CAUSAL_LM"}
 _SAMPLER_METHOD = {"wtacrs": "wta", "crs": "crs", "topk": "topk"}
@@ -26,7 +26,7 @@ def apply_method(model, family: str, method: Method, lora_r: int = 8, **wtacrs_o
 
         extra = {"velora_config": peft.VeloraConfig()} if method.adapter == "velora" else {}
         config = peft.LoraConfig(
-            r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type=_PEFT_TASK[FAMILIES[family][2]], **extra
+            r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type=_PEFT_TASK[family_record(family).task], **extra
         )
         with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
             warnings.simplefilter("ignore", FutureWarning)

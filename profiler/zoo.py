@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import transformers
 
+from wtacrs.families import family as family_record
+
 from .spec import JobSpec, ModelSpec
-from .zoo_names import FAMILIES, PRESETS, PRETRAINED
+from .zoo_names import PRESETS, PRETRAINED
 
 # T5 is seq2seq: the decoder reads a target this long (GLUE-as-text targets are a few tokens).
 T5_TARGET_LEN = 8
@@ -14,6 +16,8 @@ T5_TARGET_LEN = 8
 
 def resolve(model: str | ModelSpec) -> tuple[str, dict]:
     if isinstance(model, str):
+        if model not in PRESETS:
+            raise ValueError(f"unknown model preset {model!r}; presets: {sorted(PRESETS)}")
         family, kwargs = PRESETS[model]
         return family, dict(kwargs)
     return model.family, dict(model.overrides)
@@ -21,18 +25,19 @@ def resolve(model: str | ModelSpec) -> tuple[str, dict]:
 
 def build_config(model: str | ModelSpec, seq_len: int):
     family, kwargs = resolve(model)
-    config_cls = getattr(transformers, FAMILIES[family][0])
+    record = family_record(family)
+    config_cls = getattr(transformers, record.config_class)
     try:
         config = config_cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"config overrides {kwargs} are not valid for {config_cls.__name__}: {err}") from None
-    if family in ("bert", "roberta", "t5"):
-        config.num_labels = 2
-    if family == "t5" and getattr(config, "decoder_start_token_id", None) is None:
-        config.decoder_start_token_id = config.pad_token_id or 0  # as the public T5 checkpoints
+    if record.num_labels is not None:
+        config.num_labels = record.num_labels
+    if record.decoder_start_from_pad and getattr(config, "decoder_start_token_id", None) is None:
+        config.decoder_start_token_id = config.pad_token_id or 0
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if family == "roberta" and limit is not None:
-        limit -= 2  # RoBERTa's positions start after the padding index
+    if limit is not None:
+        limit -= record.position_offset
     if limit is not None and seq_len > limit:
         raise ValueError(f"seq_len={seq_len} exceeds this model's {limit} positions")
     return family, config
@@ -42,7 +47,7 @@ def build_model(spec: JobSpec):
     """Random-weight model in training mode; seeded so every method starts from the same weights."""
     family, config = build_config(spec.model, spec.seq_len)
     torch.manual_seed(spec.seed)
-    model = getattr(transformers, FAMILIES[family][1])(config)
+    model = getattr(transformers, family_record(family).head_class)(config)
     return family, model.train()
 
 
@@ -52,7 +57,7 @@ def make_batch(family: str, config, batch_size: int, seq_len: int, device, seed:
     vocab = config.vocab_size
     ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    task = FAMILIES[family][2]
+    task = family_record(family).task
     if task == "classification":
         batch["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=g)
     elif task == "seq2seq":
@@ -81,6 +86,6 @@ def load_pretrained(name: str, num_labels: int = 2):
     path = Path(package.__file__).parent / "model"
     family = PRESETS[name][0]
     transformers.logging.set_verbosity_error()  # the "classifier newly initialised" report is expected
-    model = getattr(transformers, FAMILIES[family][1]).from_pretrained(path, num_labels=num_labels)
+    model = getattr(transformers, family_record(family).head_class).from_pretrained(path, num_labels=num_labels)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     return family, model.train(), tokenizer

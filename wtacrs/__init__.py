@@ -1,22 +1,47 @@
-"""WTA-CRS: winner-take-all column-row sampling for memory-efficient fine-tuning."""
+"""WTA-CRS: winner-take-all column-row sampling for memory-efficient fine-tuning.
 
-from .config import WTACRSConfig
-from .estimator import estimate_matmul, expected_squared_error, pair_weights, sampling_plan
-from .layer import WTACRSLinear
-from .norms import example_ids
-from .patch import DEFAULT_TARGETS, apply_wtacrs, cache_bytes, remove_wtacrs, wtacrs_layers
+The names below load on first use. The family registry (`wtacrs.families`) is read by job-spec
+validation on the API server, which has no torch; an eager import here would pull torch in there.
+"""
 
-__all__ = [
-    "WTACRSConfig",
-    "WTACRSLinear",
-    "DEFAULT_TARGETS",
-    "apply_wtacrs",
-    "remove_wtacrs",
-    "wtacrs_layers",
-    "cache_bytes",
-    "estimate_matmul",
-    "pair_weights",
-    "sampling_plan",
-    "expected_squared_error",
-    "example_ids",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+# public name -> submodule that defines it
+_HOME = {
+    "WTACRSConfig": "config",
+    "WTACRSLinear": "layer",
+    "DEFAULT_TARGETS": "patch",
+    "apply_wtacrs": "patch",
+    "remove_wtacrs": "patch",
+    "wtacrs_layers": "patch",
+    "cache_bytes": "patch",
+    "estimate_matmul": "estimator",
+    "pair_weights": "estimator",
+    "sampling_plan": "estimator",
+    "expected_squared_error": "estimator",
+    "example_ids": "norms",
+}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'wtacrs' has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ serves these
+    from .config import WTACRSConfig  # noqa: F401
+    from .estimator import estimate_matmul, expected_squared_error, pair_weights, sampling_plan  # noqa: F401
+    from .layer import WTACRSLinear  # noqa: F401
+    from .norms import example_ids  # noqa: F401
+    from .patch import DEFAULT_TARGETS, apply_wtacrs, cache_bytes, remove_wtacrs, wtacrs_layers  # noqa: F401

@@ -1,8 +1,9 @@
 """Norms that keep one tensor for backward and let the next WTA-CRS layer reuse it.
 
 LayerNorm already keeps only its input (plus mean/rstd), so a forward hook just marks its output
-as recomputable. The RMSNorms of T5 and LLaMA are written in Python and keep 3-4 full tensors;
-FusedRMSNorm computes the same values and keeps the input and 1/rms only.
+as recomputable. The RMSNorms of T5, LLaMA and Gemma are written in Python and keep 3-4 full
+tensors; FusedRMSNorm computes the same values and keeps the input and 1/rms only. Which class has
+which style is family knowledge (wtacrs.families); how each style computes is here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import rows as row_sources
+from .families import RMSNORM_STYLES
 
 _HALF = (torch.float16, torch.bfloat16)
-# class name -> how the normalised value is cast before the weight multiplies it
-RMSNORM_STYLES = {"T5LayerNorm": "t5", "LlamaRMSNorm": "llama", "MistralRMSNorm": "llama", "Qwen2RMSNorm": "llama"}
 
 
 def mark_layernorm_output(module: nn.LayerNorm, args, output: Tensor) -> None:
@@ -37,7 +37,16 @@ def mark_layernorm_output(module: nn.LayerNorm, args, output: Tensor) -> None:
 def _normed_dtype(style: str, x_dtype: torch.dtype, w_dtype: torch.dtype) -> torch.dtype:
     if style == "t5":
         return w_dtype if w_dtype in _HALF else torch.promote_types(x_dtype, torch.float32)
+    if style == "gemma":
+        return torch.float32
     return x_dtype
+
+
+def _scaled(style: str, n: Tensor, weight: Tensor, x_dtype: torch.dtype) -> Tensor:
+    """The norm's output from the fp32 normalised value, computed as the module computes it."""
+    if style == "gemma":  # Gemma's weight is stored as an offset from 1, and multiplies in fp32
+        return (n * (1.0 + weight.float())).to(x_dtype)
+    return weight * n.to(_normed_dtype(style, x_dtype, weight.dtype))
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -45,11 +54,11 @@ class _RMSNormFn(torch.autograd.Function):
     def forward(ctx, x, weight, eps: float, style: str, box: list):
         xf = x.float()
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        nd = _normed_dtype(style, x.dtype, weight.dtype)
-        ctx.nd = nd
+        ctx.nd = _normed_dtype(style, x.dtype, weight.dtype)
+        ctx.offset = 1.0 if style == "gemma" else 0.0
         ctx.save_for_backward(x, rstd, weight)
         box.extend((x, rstd))
-        return weight * (xf * rstd).to(nd)
+        return _scaled(style, xf * rstd, weight, x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -59,13 +68,13 @@ class _RMSNormFn(torch.autograd.Function):
         grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w = (g * n.to(ctx.nd).float()).reshape(-1, n.shape[-1]).sum(0).to(weight.dtype)
-        gn = g * weight.float()
+        gn = g * (weight.float() + ctx.offset)
         grad_x = rstd * (gn - n * (gn * n).mean(-1, keepdim=True))
         return grad_x.to(x.dtype), grad_w, None, None, None
 
 
 class FusedRMSNorm(nn.Module):
-    """Same forward as T5LayerNorm / LlamaRMSNorm; backward keeps x and 1/rms only."""
+    """Same forward as T5LayerNorm / LlamaRMSNorm / GemmaRMSNorm; backward keeps x and 1/rms only."""
 
     def __init__(self, weight: nn.Parameter, eps: float, style: str):
         super().__init__()
@@ -92,6 +101,6 @@ class FusedRMSNorm(nn.Module):
         def rows(tensors, idx):
             x2, r2 = tensors
             n = x2.index_select(0, idx).float() * r2.index_select(0, idx)
-            return weight * n.to(_normed_dtype(style, x2.dtype, weight.dtype))
+            return _scaled(style, n, weight, x2.dtype)
 
         return row_sources.mark(y, (x_saved.reshape(-1, features), rstd.reshape(-1, 1)), rows)

@@ -9,37 +9,13 @@ from torch import nn
 
 from . import attention
 from .config import WTACRSConfig
+from .families import ACTIVATIONS, FAMILIES, RMSNORM_STYLES
 from .layer import WTACRSLinear
-from .norm_layers import RMSNORM_STYLES, FusedRMSNorm, mark_layernorm_output
+from .norm_layers import FusedRMSNorm, mark_layernorm_output
 from .savers import BitDropout, BitReLU, CompactActivation
 
-_BERT = (
-    r"encoder\.layer\.\d+\.attention\.self\.(query|key|value)$",
-    r"encoder\.layer\.\d+\.(attention\.output|intermediate|output)\.dense$",
-)
-_LLAMA = (r"layers\.\d+\.self_attn\.(q|k|v|o)_proj$", r"layers\.\d+\.mlp\.(gate|up|down)_proj$")
-
 # model_type -> regexes (re.search on the module name) of the linear layers to replace
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "bert": _BERT,
-    "roberta": _BERT,
-    "t5": (r"\.(SelfAttention|EncDecAttention)\.(q|k|v|o)$", r"\.DenseReluDense\.(wi|wi_0|wi_1|wo)$"),
-    "gpt2": (r"(^|\.)h\.\d+\.attn\.(c_attn|c_proj)$", r"(^|\.)h\.\d+\.mlp\.(c_fc|c_proj)$"),
-    "opt": (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)$", r"layers\.\d+\.(fc1|fc2)$"),
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-}
-
-# activation class name -> (kind, approximate)
-_ACTIVATIONS = {
-    "GELUActivation": ("gelu", "none"),
-    "NewGELUActivation": ("gelu", "tanh"),
-    "GELUTanh": ("gelu", "tanh"),
-    "PytorchGELUTanh": ("gelu", "tanh"),
-    "SiLU": ("silu", "none"),
-    "SiLUActivation": ("silu", "none"),
-}
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {name: family.targets for name, family in FAMILIES.items()}
 
 _STATE = "_wtacrs_state"
 
@@ -159,8 +135,8 @@ def apply_wtacrs(model: nn.Module, config: WTACRSConfig | None = None) -> nn.Mod
             _replace(model, name, BitDropout(module.p).train(module.training), state)
         elif config.bit_masks and kind is nn.ReLU:
             _replace(model, name, BitReLU(), state)
-        elif config.compact_activations and kind.__name__ in _ACTIVATIONS:
-            act, approx = _ACTIVATIONS[kind.__name__]
+        elif config.compact_activations and kind.__name__ in ACTIVATIONS:
+            act, approx = ACTIVATIONS[kind.__name__]
             if kind is nn.GELU:
                 approx = module.approximate
             _replace(model, name, CompactActivation(act, approx, getattr(torch, config.compact_dtype)), state)

@@ -3,6 +3,7 @@ import pytest
 from profiler.methods_grammar import EXAMPLES
 from profiler.runner import run_job
 from profiler.spec import JobSpec
+from profiler.zoo_names import PRESETS
 
 BASE = {"seq_len": 32, "steps": 1, "warmup": 0, "measurements": ["peak_memory"]}
 
@@ -11,7 +12,7 @@ def job(**kw):
     return run_job(JobSpec.model_validate({**BASE, **kw}), isolate=False)
 
 
-@pytest.mark.parametrize("model", ["bert-tiny", "gpt2-tiny", "t5-tiny", "llama-tiny"])
+@pytest.mark.parametrize("model", sorted(p for p in PRESETS if p.endswith("-tiny")))
 def test_estimate_matches_the_cpu_allocator(model):
     kw = {"model": model, "methods": ["full", "wtacrs@0.3"], "batch_sizes": [2, 8]}
     measured, estimated = job(device="cpu", **kw), job(device="estimate", estimate_device="cpu", **kw)

@@ -1,62 +1,19 @@
-"""Tiny random-weight models of each supported family, for tests."""
+"""Tiny random-weight models of every registered family (wtacrs.families), for tests."""
+
+import functools
 
 import torch
 import transformers
 
-TINY = {
-    "bert": lambda: transformers.BertForSequenceClassification(
-        transformers.BertConfig(
-            vocab_size=128,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            num_labels=2,
-        )
-    ),
-    "roberta": lambda: transformers.RobertaForSequenceClassification(
-        transformers.RobertaConfig(
-            vocab_size=128,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=80,
-            num_labels=2,
-        )
-    ),
-    "t5": lambda: transformers.T5ForConditionalGeneration(
-        transformers.T5Config(
-            vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
-        )
-    ),
-    "gpt2": lambda: transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64)
-    ),
-    "opt": lambda: transformers.OPTForCausalLM(
-        transformers.OPTConfig(
-            vocab_size=128,
-            hidden_size=32,
-            num_hidden_layers=2,
-            ffn_dim=64,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            word_embed_proj_dim=32,
-        )
-    ),
-    "llama": lambda: transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=128,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    ),
-}
+from wtacrs.families import FAMILIES, Family
+
+
+def _build(record: Family):
+    config = getattr(transformers, record.config_class)(**record.tiny)
+    return getattr(transformers, record.head_class)(config)
+
+
+TINY = {name: functools.partial(_build, record) for name, record in FAMILIES.items()}
 
 
 def tiny(family: str, seed: int = 0):
@@ -69,9 +26,10 @@ def inputs(family: str, batch: int = 3, seq: int = 16, seed: int = 0):
     ids = torch.randint(3, 128, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
     mask[0, seq - 4 :] = 0  # some padding, so masks are exercised
-    if family in ("bert", "roberta"):
+    task = FAMILIES[family].task
+    if task == "classification":
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 2, (batch,), generator=g)}
-    if family == "t5":
+    if task == "seq2seq":
         return {
             "input_ids": ids,
             "attention_mask": mask,

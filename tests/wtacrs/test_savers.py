@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
@@ -71,7 +72,7 @@ def test_compact_activation(kind, approximate):
     assert saved(act, bf)[0] == 4 * 64 * 2  # 16-bit input is kept as is
 
 
-@pytest.mark.parametrize("cls", [T5LayerNorm, LlamaRMSNorm])
+@pytest.mark.parametrize("cls", [T5LayerNorm, LlamaRMSNorm, GemmaRMSNorm])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_rmsnorm_matches_and_keeps_less(cls, dtype):
     ref = cls(32).to(dtype)
