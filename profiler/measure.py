@@ -42,6 +42,7 @@ class Trial:
     device: torch.device
     dtype: str
     kernels: DeviceModel | None = None  # estimate: trace the kernels this CUDA device would run
+    traced: bool = False  # under FakeTensorMode: no tensor has a value
 
     def autocast(self):
         return autocast(self.device.type, self.dtype)
@@ -49,7 +50,8 @@ class Trial:
     def forward_backward(self, saved: SavedTensorCounter | None = None) -> None:
         """One forward and backward; `saved` counts what the forward keeps for backward."""
         # backward too: checkpointing recomputes its forward there
-        with cuda_kernels(self.kernels) if self.kernels else contextlib.nullcontext():
+        kernels = cuda_kernels(self.kernels) if self.kernels else contextlib.nullcontext()
+        with kernels, real_random_scalars() if self.traced else contextlib.nullcontext():
             with saved.track() if saved is not None else contextlib.nullcontext(), self.autocast():
                 loss = self.model(**self.batch).loss
             loss.backward()
@@ -114,7 +116,31 @@ def build_trial(
         # then runs maskless, and on CUDA fused); fake tensors have no values to look at, so it
         # would keep a mask that no real run keeps. Dropping it here is what a real run does.
         batch.pop("attention_mask", None)
-    return Trial(model, make_optimizer(spec, model), batch, device, spec.dtype, kernels)
+    return Trial(model, make_optimizer(spec, model), batch, device, spec.dtype, kernels, fake_mode is not None)
+
+
+@contextlib.contextmanager
+def real_random_scalars():
+    """`torch.rand([])` with a value while tracing: LayerDrop (OPT, BART) draws one per layer and
+    branches on it in Python, which a fake tensor cannot answer. A scalar made by `torch.tensor`
+    is a fake tensor that keeps its value, so it can. The draw decides nothing about memory when
+    layerdrop is 0 (their default), and is one real draw when it is not."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    rand = torch.rand
+
+    def drawn(*size, **kwargs):
+        if size in ((), ([],), ((),)) and not kwargs:
+            with unset_fake_temporarily():
+                value = rand(()).item()
+            return torch.tensor(value)
+        return rand(*size, **kwargs)
+
+    torch.rand = drawn
+    try:
+        yield
+    finally:
+        torch.rand = rand
 
 
 class CPUAllocatorRecord:
