@@ -1,13 +1,13 @@
 """Dashboards in headless Debian Chromium, driven by Playwright; screenshots kept in the test output."""
 
+import contextlib
 import json
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.app.live_server import live_server
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -120,7 +120,6 @@ def site(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    import uvicorn
     from fastapi.testclient import TestClient
 
     from app.config import Settings
@@ -128,14 +127,8 @@ def site(tmp_path_factory):
 
     db = tmp_path_factory.mktemp("browser") / "web.db"
     app = create_app(Settings(database_url=f"sqlite:///{db}", admin_token=TOKEN))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    stack = contextlib.ExitStack()
+    url = stack.enter_context(live_server(app))
     with TestClient(app) as api:  # finished jobs, through the worker protocol
         h = {"Authorization": f"Bearer {TOKEN}"}
         w = api.post("/api/workers/register", json={"name": "w"}, headers=h).json()["id"]
@@ -159,7 +152,7 @@ def site(tmp_path_factory):
             "measurements": ["peak_memory", "throughput", "fidelity"],
         }
         small_id = finish(spec, {"results": SMALL_ROWS, "fidelity": FIDELITY})
-    with sync_api.sync_playwright() as p:
+    with stack, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             args=[
@@ -173,15 +166,13 @@ def site(tmp_path_factory):
             ],
         )
         yield {
-            "url": f"http://127.0.0.1:{port}",
+            "url": url,
             "job_id": job_id,
             "convergence_id": convergence_id,
             "small_id": small_id,
             "browser": browser,
         }
         browser.close()
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def shot(page, name):

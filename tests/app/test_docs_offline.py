@@ -2,15 +2,13 @@
 
 import os
 import re
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from app.config import Settings
 from app.main import create_app
+from tests.app.live_server import live_server
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,21 +37,9 @@ def offline_site(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    import uvicorn
-
     db = tmp_path_factory.mktemp("docs") / "docs.db"
-    app = create_app(Settings(database_url=f"sqlite:///{db}", admin_token="docs-admin"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(create_app(Settings(database_url=f"sqlite:///{db}", admin_token="docs-admin"))) as url:
+        yield url
 
 
 @pytest.mark.browser
