@@ -15,11 +15,8 @@ import httpx
 import pytest
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.testclient import TestClient
 
-from app.config import Settings
 from app.errors import SHOWN_ERRORS, excerpt, on_validation_error
-from app.main import create_app
 from tests.app.conftest import ADMIN, auth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,20 +26,8 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
-def make(tmp_path):
-    clients = []
-
-    def make(**settings):
-        client = TestClient(
-            create_app(Settings(database_url=f"sqlite:///{tmp_path}/t.db", admin_token=ADMIN, **settings))
-        )
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+def make(make_client):  # the limits hold on both stores
+    return make_client
 
 
 def post_spec(client, spec, headers=None):
