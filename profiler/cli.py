@@ -154,7 +154,7 @@ def serve(
         str | None, typer.Option(help="database URL (default: DATABASE_URL or sqlite:///./wtacrs.db)")
     ] = None,
     worker: Annotated[bool, typer.Option(help="also start one local worker")] = True,
-    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open the browser once up")] = False,
+    open_page: Annotated[bool, typer.Option("--open/--no-open", help="open the browser once up")] = False,
 ) -> None:
     """Start the API (migrations applied first) and, unless --no-worker, one local worker."""
     import os
@@ -183,7 +183,7 @@ def serve(
             env=env,
             preexec_fn=die_with_parent,  # uvicorn re-raises SIGTERM/SIGINT, so `finally` may never run
         )
-    if open_browser:
+    if open_page:
         threading.Timer(2.0, open_browser, args=(url + "/",)).start()
     console.print(f"serving on {url}  (API docs: {url}/docs)")
     try:

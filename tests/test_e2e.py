@@ -50,10 +50,10 @@ def job_status(url, job_id):
 def server(tmp_path):
     procs = []
 
-    def launch(worker=True, **env):
+    def launch(worker=True, extra=(), **env):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        args = ["serve", "--port", str(port), "--db", f"sqlite:///{tmp_path}/e2e.db"] + (
+        args = ["serve", "--port", str(port), "--db", f"sqlite:///{tmp_path}/e2e.db", *extra] + (
             [] if worker else ["--no-worker"]
         )
         procs.append(start(args, tmp_path, "server", **env))
@@ -82,6 +82,15 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+def test_serve_open_says_where_to_look_when_no_browser_opens(server, tmp_path):
+    """The README's first command: `serve --open` on a machine whose browser cannot open."""
+    launch, _ = server
+    launch(worker=False, extra=["--open"], BROWSER="false")  # webbrowser runs `false`: it fails
+    log = tmp_path / "server.log"
+    wait_for(lambda: "no browser could be opened" in log.read_text(), 20, "--open to say so")
+    assert "Traceback" not in log.read_text()
 
 
 def test_serve_with_its_local_worker_runs_the_minimal_spec(server, tmp_path):
