@@ -28,8 +28,9 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device_type: str, dtype: str):
-    """The spec's dtype as a context: fp32 runs as is, bf16/fp16 under autocast (fp32 weights)."""
-    if dtype == "fp32":
+    """The spec's dtype as a context: fp32 runs as is, bf16/fp16 under autocast (fp32 weights);
+    bf16-weights runs as is too, its weights being bf16 already (build_trial)."""
+    if dtype in ("fp32", "bf16-weights"):
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=_AMP[dtype])
 
@@ -90,6 +91,32 @@ def _to_fake(model: torch.nn.Module, fake_mode, device: torch.device) -> None:
                 setattr(module, name, done[id(value)])
 
 
+def _meta_to_bf16(model: torch.nn.Module) -> None:
+    """module.to(torch.bfloat16) for a model built on meta under FakeTensorMode, in place.
+
+    Its tensors are fake ones on meta there, which module._apply can only swap in, and the swap
+    fails (the fake mode holds weak references to them); so each floating tensor is replaced,
+    shared ones staying shared, plain attributes that name them following (as in _to_fake).
+    """
+    done: dict[int, torch.Tensor] = {}
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in done:
+            low = t.detach().to(torch.bfloat16) if t.is_floating_point() else t
+            is_param = isinstance(t, torch.nn.Parameter)
+            done[id(t)] = torch.nn.Parameter(low, t.requires_grad) if is_param and low is not t else low
+        return done[id(t)]
+
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is not None:
+                    table[name] = cast(t)
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and id(value) in done:
+                setattr(module, name, done[id(value)])
+
+
 def build_trial(
     spec: JobSpec,
     method: Method,
@@ -103,10 +130,25 @@ def build_trial(
     With fake_mode the model is built on the meta device (no memory, and module.to() works there,
     which it does not on fake parameters) and then turned into fake tensors on `device`; `kernels`
     then says which CUDA device's kernel choices the trace follows (None: the CPU's).
+    dtype bf16-weights stores every floating parameter and buffer in bf16 (the method's too, LoRA
+    adapters included), before the optimizer exists, so its state is bf16 as well.
     """
+    low = spec.dtype == "bf16-weights"
+    default = torch.get_default_dtype()
     with torch.device("meta" if fake_mode is not None else device):
-        family, model = build_model(spec)
-        model = apply_method(model, family, method, spec.lora_r)
+        # built in bf16 (as from_pretrained(dtype=bf16) loads), not cast from an fp32 copy that a
+        # cpu measurement would count; .to() then casts what chose its own dtype (peft's adapters)
+        torch.set_default_dtype(torch.bfloat16 if low else default)
+        try:
+            family, model = build_model(spec)
+            model = apply_method(model, family, method, spec.lora_r)
+        finally:
+            torch.set_default_dtype(default)
+        if low:
+            if fake_mode is None:
+                model = model.to(torch.bfloat16)
+            else:
+                _meta_to_bf16(model)
     if fake_mode is not None:
         _to_fake(model, fake_mode, device)
     config = getattr(model, "config", None) or model.base_model.model.config

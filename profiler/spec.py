@@ -101,7 +101,11 @@ class JobSpec(Strict):
     methods: list[Name] = Field(min_length=1, max_length=MAX_METHODS)
     seq_len: int = Field(ge=1, le=131072)
     batch_sizes: list[int] = Field(default_factory=list, max_length=MAX_BATCH_SIZES)
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "fp16", "bf16-weights"] = Field(
+        "fp32",
+        description="fp32; bf16/fp16: autocast with fp32 weights; bf16-weights: weights (and so gradients "
+        "and optimizer state) stored in bf16, no fp32 master copy and no autocast",
+    )
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(5e-5, gt=0, allow_inf_nan=False)
     measurements: list[Name] = Field(
@@ -172,6 +176,11 @@ class JobSpec(Strict):
                 )
             if self.device == "estimate":
                 raise ValueError("device 'estimate' runs no kernels, so it cannot train; use device 'cpu' or 'cuda'")
+            if self.dtype == "bf16-weights":
+                raise ValueError(
+                    "measurement 'convergence' does not support dtype 'bf16-weights'; "
+                    "use dtype 'fp32', 'bf16' or 'fp16' (autocast)"
+                )
         if self.device == "estimate":
             untraceable = [m for m in self.methods if parse_method(m).adapter == "velora"]
             if untraceable:

@@ -143,6 +143,28 @@ def test_bf16_autocast(device):
     assert wta["activation_bytes"] < full["activation_bytes"]
 
 
+@pytest.mark.parametrize("model", ["bert-tiny", "llama-tiny"])
+def test_bf16_weights_halve_parameters_and_the_estimate_matches(model):
+    """dtype bf16-weights: weights, gradients and optimizer state in bf16, no autocast."""
+    kw = {"model": model, "methods": ["full", "lora+wtacrs@0.3"], "batch_sizes": [4]}
+    fp32 = job(device="cpu", **kw)
+    measured = job(device="cpu", dtype="bf16-weights", **kw)
+    estimated = job(device="estimate", estimate_device="cpu", dtype="bf16-weights", **kw)
+    sm90 = job(device="estimate", dtype="bf16-weights", **kw)  # the default estimate_device, cuda-sm90
+    for result in (fp32, measured, estimated, sm90):
+        assert result["status"] == "succeeded", result["errors"]
+    for f, m, e, s in zip(fp32["results"], measured["results"], estimated["results"], sm90["results"]):
+        assert f["method"] == m["method"] == e["method"] == s["method"]
+        for row in (m, e):
+            assert row["breakdown"]["parameters"] == pytest.approx(f["breakdown"]["parameters"] / 2, rel=0.01)
+        if f["method"] == "full":
+            assert m["breakdown"]["optimizer_state"] == pytest.approx(f["breakdown"]["optimizer_state"] / 2, rel=0.01)
+        for key in ("peak_bytes", "first_step_peak_bytes"):
+            assert abs(e[key] / m[key] - 1) < 0.03, (key, m, e)
+        assert m["peak_bytes"] < f["peak_bytes"]
+        assert s["mode"] == "estimate" and s["estimate_device"] == "cuda-sm90" and s["peak_bytes"] > 0
+
+
 @pytest.mark.cuda
 def test_cuda_minimal_spec_and_estimate_agreement():
     kw = {"model": "bert-tiny", "methods": ["full", "wtacrs@0.3"], "batch_sizes": [8, 32]}

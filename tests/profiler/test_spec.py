@@ -34,7 +34,7 @@ def test_family_with_overrides():
         ({"batch_sizes": [0, 2]}, "batch_sizes \\[0\\] are outside"),
         ({"batch_sizes": []}, "need batch_sizes"),
         ({"device": "tpu"}, "'cuda', 'cpu' or 'estimate'"),
-        ({"dtype": "fp8"}, "'fp32', 'bf16' or 'fp16'"),
+        ({"dtype": "fp8"}, "'fp32', 'bf16', 'fp16' or 'bf16-weights'"),
         ({"device": "estimate"}, "cannot measure throughput"),
         ({"device": "estimate", "measurements": ["max_batch_size"]}, "needs target_memory_gb"),
         ({"device": "estimate", "measurements": ["fidelity"]}, "cannot measure fidelity"),
@@ -51,6 +51,10 @@ def test_family_with_overrides():
             {"model": "all-minilm-l6-v2", "measurements": ["convergence"], "device": "estimate"},
             "cannot train",
         ),
+        (
+            {"model": "all-minilm-l6-v2", "measurements": ["convergence"], "dtype": "bf16-weights"},
+            "measurement 'convergence' does not support dtype 'bf16-weights'; use dtype 'fp32', 'bf16' or 'fp16'",
+        ),
         ({"convergence": {"norm_source": "oracle"}}, "'running', 'example' or 'activation'"),
         ({"convergence": {"epochs": 0}}, "greater than or equal to 1"),
     ],
@@ -58,6 +62,13 @@ def test_family_with_overrides():
 def test_bad_specs_say_what_is_wrong(change, message):
     with pytest.raises(ValidationError, match=message):
         JobSpec.model_validate({**MINIMAL, **change})
+
+
+def test_bf16_weights_is_a_dtype_everywhere_a_batch_is_profiled():
+    for device in ("cpu", "cuda", "estimate"):  # validation only: no device is needed
+        measurements = ["peak_memory"] if device == "estimate" else ["peak_memory", "throughput", "fidelity"]
+        spec = {**MINIMAL, "dtype": "bf16-weights", "device": device, "measurements": measurements}
+        assert JobSpec.model_validate(spec).dtype == "bf16-weights"
 
 
 @pytest.mark.parametrize(
