@@ -70,51 +70,40 @@ def make_optimizer(spec: JobSpec, model) -> torch.optim.Optimizer:
     return cls(params, lr=spec.lr, foreach=False)  # foreach adds a parameter-sized scratch per group
 
 
-def _to_fake(model: torch.nn.Module, fake_mode, device: torch.device) -> None:
-    """Replace a meta-device model's parameters and buffers by fake tensors on `device`, in place."""
-    converter = fake_mode.fake_tensor_converter
-    done: dict[int, torch.Tensor] = {}  # one new object per old one: shared Parameters stay shared
+def _swap_tensors(model: torch.nn.Module, convert) -> None:
+    """Replace every parameter and buffer by convert(tensor), in place: one new object per old one
+    (shared Parameters stay shared), and plain attributes naming a replaced tensor follow it."""
+    done: dict[int, torch.Tensor] = {}
 
-    def convert(t: torch.Tensor) -> torch.Tensor:
+    def swap(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in done:
-            fake = converter.from_meta_and_device(fake_mode, t.detach(), device)
-            done[id(t)] = torch.nn.Parameter(fake, t.requires_grad) if isinstance(t, torch.nn.Parameter) else fake
+            new = convert(t.detach())
+            done[id(t)] = torch.nn.Parameter(new, t.requires_grad) if isinstance(t, torch.nn.Parameter) else new
         return done[id(t)]
 
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, t in table.items():
                 if t is not None:
-                    table[name] = convert(t)
+                    table[name] = swap(t)
         for name, value in vars(module).items():  # Parameters also referenced as plain attributes
             if isinstance(value, torch.Tensor) and id(value) in done:
                 setattr(module, name, done[id(value)])
+
+
+def _to_fake(model: torch.nn.Module, fake_mode, device: torch.device) -> None:
+    """A meta-device model's parameters and buffers as fake tensors on `device`, in place."""
+    converter = fake_mode.fake_tensor_converter
+    _swap_tensors(model, lambda t: converter.from_meta_and_device(fake_mode, t, device))
 
 
 def _meta_to_bf16(model: torch.nn.Module) -> None:
     """module.to(torch.bfloat16) for a model built on meta under FakeTensorMode, in place.
 
     Its tensors are fake ones on meta there, which module._apply can only swap in, and the swap
-    fails (the fake mode holds weak references to them); so each floating tensor is replaced,
-    shared ones staying shared, plain attributes that name them following (as in _to_fake).
+    fails (the fake mode holds weak references to them); so each floating tensor is replaced.
     """
-    done: dict[int, torch.Tensor] = {}
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in done:
-            low = t.detach().to(torch.bfloat16) if t.is_floating_point() else t
-            is_param = isinstance(t, torch.nn.Parameter)
-            done[id(t)] = torch.nn.Parameter(low, t.requires_grad) if is_param and low is not t else low
-        return done[id(t)]
-
-    for module in model.modules():
-        for table in (module._parameters, module._buffers):
-            for name, t in table.items():
-                if t is not None:
-                    table[name] = cast(t)
-        for name, value in vars(module).items():
-            if isinstance(value, torch.Tensor) and id(value) in done:
-                setattr(module, name, done[id(value)])
+    _swap_tensors(model, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t)
 
 
 def build_trial(
