@@ -58,7 +58,8 @@ def _eligible(t) -> bool:
 
 # ATen's `cached_cast`: within an autocast region, a trainable fp32 leaf (a weight) is cast to the
 # lower precision once, and the copy is held until the region ends (so a sampled layer that saves
-# no copy of its own still holds one through the forward). Filled and cleared as torch does.
+# no copy of its own still holds one through the forward). Filled and cleared as torch does; the
+# original is held beside its copy so that its id is not reused while the entry lives.
 _weight_casts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -147,9 +148,11 @@ def cuda_autocast():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*overrid")  # replacing the CPU's kernels is the point
             for name, policy in table.items():
-                base, _, overload = name.partition(".")
-                if hasattr(getattr(torch.ops.aten, base, None), overload or "default"):  # not every build has all
-                    lib.impl(name, _banned if policy == "banned" else _kernel(name, policy), "AutocastCPU")
+                try:
+                    _op(name)
+                except AttributeError:  # not every build has every op
+                    continue
+                lib.impl(name, _banned if policy == "banned" else _kernel(name, policy), "AutocastCPU")
             for name in cpu_only:
                 if name not in table:  # CUDA's autocast has no kernel: composites cast inside, per op
                     lib.impl(name, torch.library.fallthrough_kernel, "AutocastCPU")

@@ -6,7 +6,7 @@ for backward, and they save more than CUDA's: dropout keeps a float mask (CUDA's
 `native_dropout` keeps a bool one) and scaled-dot-product attention takes the math path (keeping
 the probabilities and their dropout mask) where CUDA runs a fused kernel that keeps only q, k, v,
 the output and a log-sum-exp. `cuda_kernels` routes those calls to the ops CUDA would pick, by the
-same rules as ATen's `select_sdp_backend`; `CUDA_ALLOCATOR` describes how the caching allocator
+same rules as ATen's `select_sdp_backend`; a `DeviceModel` (`SM90`) says how the caching allocator
 counts what they allocate.
 """
 
@@ -41,7 +41,7 @@ class DeviceModel:
 SM90 = DeviceModel("cuda-sm90", (9, 0), 512, 2 * 32 * 2**20)
 
 
-def sdpa_backend(q, k, v, attn_mask, dropout_p: float, is_causal: bool, model: DeviceModel) -> str:
+def sdpa_backend(q, k, v, attn_mask, is_causal: bool, model: DeviceModel) -> str:
     """The backend ATen would choose on `model` for these inputs ('flash', 'efficient', 'math').
 
     cuDNN attention, preferred on sm90 by recent builds, keeps what flash keeps (q, k, v, out and a
@@ -87,7 +87,7 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, e
         q, k, v, attn_mask = (t.to(low) if t is not None and t.is_floating_point() else t for t in (q, k, v, attn_mask))
         with torch.autocast("cpu", enabled=False):
             return _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, model=model)
-    backend = sdpa_backend(q, k, v, attn_mask, dropout_p, is_causal, model)
+    backend = sdpa_backend(q, k, v, attn_mask, is_causal, model)
     if backend != "flash":  # the fused efficient kernel and the math path both take equal heads
         k, v = _expand_heads(k, q.shape[-3]), _expand_heads(v, q.shape[-3])
     if backend == "flash":

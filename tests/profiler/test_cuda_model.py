@@ -17,15 +17,15 @@ def _qkv(dtype, heads=4, kv_heads=4, d=64, length=16):
 def test_backend_choice_follows_aten():
     with FakeTensorMode():
         q, k, v = _qkv(torch.float32)
-        assert sdpa_backend(q, k, v, None, 0.1, False, SM90) == "efficient"  # no flash in fp32
+        assert sdpa_backend(q, k, v, None, False, SM90) == "efficient"  # no flash in fp32
         q, k, v = _qkv(torch.bfloat16)
-        assert sdpa_backend(q, k, v, None, 0.1, True, SM90) == "flash"
-        assert sdpa_backend(q, k, v, torch.empty(2, 1, 16, 16, dtype=torch.bfloat16), 0.0, False, SM90) == "efficient"
+        assert sdpa_backend(q, k, v, None, True, SM90) == "flash"
+        assert sdpa_backend(q, k, v, torch.empty(2, 1, 16, 16, dtype=torch.bfloat16), False, SM90) == "efficient"
         strided_bias = torch.empty(2, 16, 16, 4).permute(0, 3, 1, 2)  # T5's position bias layout
         q, k, v = _qkv(torch.float32)
-        assert sdpa_backend(q, k, v, strided_bias, 0.0, False, SM90) == "math"
+        assert sdpa_backend(q, k, v, strided_bias, False, SM90) == "math"
         q, k, v = _qkv(torch.float32, d=6)  # head size not a multiple of 4
-        assert sdpa_backend(q, k, v, None, 0.0, False, SM90) == "math"
+        assert sdpa_backend(q, k, v, None, False, SM90) == "math"
 
 
 def test_efficient_bias_is_padded_when_unaligned():
