@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from contract.results import JobStatus
 
 
 def utcnow() -> dt.datetime:
@@ -16,14 +18,18 @@ class Base(DeclarativeBase):
     pass
 
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+# Stored as the plain VARCHAR(16) it always was (no native enum type, no CHECK: no migration);
+# read back as JobStatus, so Python compares members, never string literals.
+STATUS = Enum(
+    JobStatus, native_enum=False, create_constraint=False, length=16, values_callable=lambda e: [s.value for s in e]
+)
 
 
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[JobStatus] = mapped_column(STATUS, index=True, default=JobStatus.queued)
     spec: Mapped[dict] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(64), index=True)
     device: Mapped[str] = mapped_column(String(16))

@@ -1,12 +1,14 @@
-"""API schemas, split as Create / Public / List. The job spec itself is profiler.spec.JobSpec.
+"""API schemas, split as Create / Public / List. The job spec and the result rows are the
+contract's models (`contract/`), the same ones the profiler builds and the worker posts.
 Request bodies are Strict: an unknown key is an error, all of them named in one message."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.timestamps import UTCDateTime
-from profiler.spec import JobSpec, Strict
+from contract.results import JobResult, JobRows, JobStatus
+from contract.spec import JobSpec, Strict
 
 
 class JobCreate(Strict):
@@ -17,7 +19,7 @@ class JobCreate(Strict):
 class JobSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
-    status: str
+    status: JobStatus
     model: str
     device: str
     dtype: str
@@ -32,15 +34,10 @@ class JobSummary(BaseModel):
     error: str | None
 
 
-class JobPublic(JobSummary):
+class JobPublic(JobSummary, JobRows):
+    model_config = ConfigDict(from_attributes=True, extra="ignore")
     spec: dict
     cancel_requested: bool
-    results: list[dict] = []
-    max_batch: list[dict] = []
-    fidelity: list[dict] = []
-    convergence: list[dict] = []
-    environment: dict | None = None
-    errors: list[str] = []
 
 
 class JobList(BaseModel):
@@ -103,9 +100,24 @@ class HeartbeatReply(BaseModel):
     lease_seconds: float
 
 
+class PostedResult(JobRows):
+    """The rows of the JobResult a worker ran. Its id, status, spec and times are the server's
+    already (the job's, and its events), so they may be sent and are not read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rows_only(cls, data):
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in _JOB_ONLY}
+        return data
+
+
+_JOB_ONLY = JobResult.model_fields.keys() - JobRows.model_fields.keys()
+
+
 class AttemptResult(Strict):
     attempt: int = Field(ge=1, le=1_000_000)
-    result: dict
+    result: PostedResult
 
 
 class AttemptFailure(Strict):

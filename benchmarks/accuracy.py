@@ -23,8 +23,8 @@ from pathlib import Path
 
 from common import machine
 
+from contract.spec import JobSpec
 from profiler.runner import run_job
-from profiler.spec import JobSpec
 
 HEADLINE = ["full", "wtacrs@0.3", "lora", "lora+wtacrs@0.3"]
 SIDE = ["crs@0.3", "topk@0.3"]
@@ -70,6 +70,7 @@ def run(args) -> None:
             continue
         t0 = time.time()
         result = run_job(spec, job_id=name, progress=lambda d, t, m: print(f"  [{d}/{t}] {m}", flush=True))
+        result = result.model_dump(mode="json")
         (out / f"{name}.json").write_text(json.dumps(result))
         print(f"{name}: {result['status']} in {time.time() - t0:.0f} s {result['errors'] or ''}", flush=True)
 

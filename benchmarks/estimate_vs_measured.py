@@ -13,8 +13,8 @@ import time
 
 from common import machine
 
+from contract.spec import JobSpec
 from profiler.runner import run_job
-from profiler.spec import JobSpec
 
 METHODS = ["full", "checkpointing", "lora", "wtacrs@0.3", "lora+wtacrs@0.3", "crs@0.3", "topk@0.3"]
 SETTINGS = {
@@ -44,8 +44,10 @@ def main() -> None:
             "warmup": 0,
         }
         t0 = time.time()
-        measured = run_job(JobSpec.model_validate({**base, "device": "cpu"}), isolate=False)
-        estimated = run_job(JobSpec.model_validate({**base, "device": "estimate"}), isolate=False)
+        measured = run_job(JobSpec.model_validate({**base, "device": "cpu"}), isolate=False).model_dump(mode="json")
+        estimated = run_job(JobSpec.model_validate({**base, "device": "estimate"}), isolate=False).model_dump(
+            mode="json"
+        )
         print(f"\n## {model}, length {seq} ({time.time() - t0:.0f} s)")
         print(f"{'method':<18}{'batch':>6}{'measured MiB':>14}{'estimate MiB':>14}{'err 1st':>9}{'err peak':>10}")
         for m, e in zip(measured["results"], estimated["results"]):

@@ -53,8 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from contract.spec import JobSpec  # noqa: E402
 from profiler.runner import run_job  # noqa: E402
-from profiler.spec import JobSpec  # noqa: E402
 
 METHODS = ["full", "checkpointing", "lora", "wtacrs@0.3", "wtacrs@0.1", "lora+wtacrs@0.3", "lora+wtacrs@0.1"]
 GIB = 2**30
@@ -188,8 +188,8 @@ def run_pair(args, name: str, measured: JobSpec, estimate: JobSpec, deadline: fl
 
     if args.device != "cuda" or args.in_process or args.serial:
         isolate = not args.in_process
-        cuda = run_job(measured, progress=progress, isolate=isolate, should_cancel=cancel)
-        return cuda, run_job(estimate, isolate=isolate, should_cancel=cancel)
+        cuda = run_job(measured, progress=progress, isolate=isolate, should_cancel=cancel).model_dump(mode="json")
+        return cuda, run_job(estimate, isolate=isolate, should_cancel=cancel).model_dump(mode="json")
     # The trace runs on the CPU beside the GPU measurement, halving the wall time. In its own
     # process with CUDA hidden (a laptop's view, and no context taking GPU memory) and a quarter
     # of the cores, so the measured steps keep the host's launch throughput.
@@ -199,7 +199,7 @@ def run_pair(args, name: str, measured: JobSpec, estimate: JobSpec, deadline: fl
     cmd = [sys.executable, __file__, "--job", str(spec_path), str(out), "--deadline", str(deadline)]
     spec_path.write_text(estimate.model_dump_json())
     proc = subprocess.Popen(cmd, env=child_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=threads))
-    cuda = run_job(measured, progress=progress, should_cancel=cancel)
+    cuda = run_job(measured, progress=progress, should_cancel=cancel).model_dump(mode="json")
     try:
         proc.wait(timeout=max(deadline - time.time(), 0) + 60)  # it cancels itself at the deadline
     except subprocess.TimeoutExpired:
@@ -360,7 +360,7 @@ def run_suite(args) -> dict:
             spec = maxbatch_spec(args, part)
             state["max_batch"][name] = run_job(
                 spec, isolate=not args.in_process, should_cancel=lambda: time.time() > deadline
-            )
+            ).model_dump(mode="json")
         seconds = time.monotonic() - t0
         suite["timings"][name] = round(seconds, 1)
         if part.kind != "tests":
@@ -378,7 +378,7 @@ def run_job_file(spec_path: str, out_path: str, deadline: float) -> None:
     """The parallel estimate's process: one job, written to a file."""
     spec = JobSpec.model_validate_json(Path(spec_path).read_text())
     result = run_job(spec, should_cancel=lambda: time.time() > deadline)
-    Path(out_path).write_text(json.dumps(result))
+    Path(out_path).write_text(result.model_dump_json())
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ import time
 
 from common import machine
 
+from contract.spec import JobSpec
 from profiler.runner import run_job
-from profiler.spec import JobSpec
 
 PAPER_GB = {  # paper Table 2, A100 80GB, "GB"
     "t5-base": {
@@ -62,7 +62,7 @@ def main() -> None:
                 "warmup": 0,
             }
         )
-        result = run_job(spec, isolate=False)
+        result = run_job(spec, isolate=False).model_dump(mode="json")
         rows = {r["method"]: r for r in result["results"]}
         full_first = rows["full"]["first_step_peak_bytes"]
         print(f"\n## {model}, batch {args.batch}, length 128, fp32 ({time.time() - t0:.0f} s)")

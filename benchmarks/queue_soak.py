@@ -55,7 +55,7 @@ def main() -> None:
         "WTACRS_TOKEN": TOKEN,
         "WTACRS_LEASE_SECONDS": str(args.lease),
     }
-    cli = [sys.executable, "-m", "profiler.cli"]
+    cli = [sys.executable, "-m", "app.cli"]
     procs = [
         subprocess.Popen(
             cli + ["serve", "--port", str(port), "--no-worker"],

@@ -17,11 +17,12 @@ from collections.abc import Callable
 import torch
 
 import wtacrs
+from contract.methods import Method
+from contract.rows import ConvergenceRow
+from contract.spec import JobSpec
 
 from .measure import CPUAllocatorRecord, autocast, make_optimizer
 from .methods import apply_method
-from .methods_grammar import Method
-from .spec import JobSpec
 from .textdata import Encoded, default_sst2_path, read_tsv, split
 from .zoo import load_pretrained
 
@@ -65,7 +66,7 @@ def evaluate(model, data: Encoded, batch_size: int, amp) -> tuple[float, float]:
     return correct / len(data), loss_sum / len(data)
 
 
-def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: Callable[[str], None]) -> dict:
+def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: Callable[[str], None]) -> ConvergenceRow:
     conf = spec.convergence
     path = conf.data or str(default_sst2_path())
     sentences, labels = read_tsv(path)
@@ -142,31 +143,33 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
             f"weights and data at the start (tensor sizes) + the CPU allocator's peak over the first "
             f"{min(PEAK_STEPS, step)} steps (optimizer state included)"
         )
-    return {
-        "method": method.name,
-        "seed": spec.seed,
-        "mode": spec.device,
-        "measured": True,
-        "data": path,
-        "train_examples": len(train),
-        "val_examples": len(val),
-        "epochs": conf.epochs,
-        "steps": step,
-        "batch_size": conf.batch_size,
-        "seq_len": spec.seq_len,
-        "lr": lr,
-        "norm_source": conf.norm_source if method.sampler else None,
-        "losses": losses,
-        "evals": evals,
-        "accuracy": evals[-1]["accuracy"],
-        "val_loss": evals[-1]["loss"],
-        "train_time_s": train_time,
-        "tokens_per_s": step * conf.batch_size * spec.seq_len / train_time,
-        "peak_bytes": int(peak),
-        "peak_measured_over": over,
-        "cache_bytes": wtacrs.cache_bytes(model) if method.sampler else 0,
-        "cache_examples_seen": _examples_seen(model),
-    }
+    return ConvergenceRow(
+        **{
+            "method": method.name,
+            "seed": spec.seed,
+            "mode": spec.device,
+            "measured": True,
+            "data": path,
+            "train_examples": len(train),
+            "val_examples": len(val),
+            "epochs": conf.epochs,
+            "steps": step,
+            "batch_size": conf.batch_size,
+            "seq_len": spec.seq_len,
+            "lr": lr,
+            "norm_source": conf.norm_source if method.sampler else None,
+            "losses": losses,
+            "evals": evals,
+            "accuracy": evals[-1]["accuracy"],
+            "val_loss": evals[-1]["loss"],
+            "train_time_s": train_time,
+            "tokens_per_s": step * conf.batch_size * spec.seq_len / train_time,
+            "peak_bytes": int(peak),
+            "peak_measured_over": over,
+            "cache_bytes": wtacrs.cache_bytes(model) if method.sampler else 0,
+            "cache_examples_seen": _examples_seen(model),
+        }
+    )
 
 
 def _examples_seen(model) -> int | None:

@@ -10,13 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
-@dataclass
-class Probe:
-    batch_size: int
-    fits: bool
-    peak_bytes: int | None  # None when the probe ran out of memory
-    reason: str = ""
+from contract.rows import Probe
 
 
 @dataclass

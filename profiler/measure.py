@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
+from contract.methods import Method
+from contract.spec import JobSpec
 from wtacrs.memory import SavedTensorCounter
 
 from .cuda_model import DeviceModel, cuda_kernels
 from .methods import apply_method
-from .methods_grammar import Method
-from .spec import JobSpec
 from .tracker import StorageTracker
 from .zoo import build_model, make_batch
 

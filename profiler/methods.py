@@ -5,9 +5,8 @@ from __future__ import annotations
 import warnings
 
 import wtacrs
+from contract.methods import Method
 from wtacrs.families import family as family_record
-
-from .methods_grammar import Method
 
 _PEFT_TASK = {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal_lm": "CAUSAL_LM"}
 _SAMPLER_METHOD = {"wtacrs": "wta", "crs": "crs", "topk": "topk"}

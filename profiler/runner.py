@@ -11,8 +11,13 @@ import traceback
 import uuid
 from collections.abc import Callable
 
-from .methods_grammar import parse_method
-from .spec import JobSpec
+from contract.measurements import FIELDS
+from contract.methods import parse_method
+from contract.results import JobResult, JobStatus
+from contract.rows import Environment
+from contract.spec import JobSpec
+
+from .producers import producers_for
 
 Progress = Callable[[int, int, str], None]
 
@@ -23,35 +28,24 @@ def _now() -> str:
 
 def units_per_method(spec: JobSpec, method_name: str) -> int:
     method = parse_method(method_name)
-    n = len(spec.batch_sizes) if {"peak_memory", "throughput"} & set(spec.measurements) else 0
-    n += "max_batch_size" in spec.measurements
-    n += "fidelity" in spec.measurements and method.sampler is not None
-    n += spec.convergence.epochs if "convergence" in spec.measurements else 0
-    return n
+    return sum(producer.units(spec, method) for _, producer in producers_for(spec))
 
 
 def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -> None:
-    """Everything for one method, in this process; results go out through emit()."""
-    from . import trials
+    """Everything for one method, in this process; results go out through emit() as plain data
+    (they cross a process boundary) and are validated again where they are collected."""
     from .environment import describe
 
     spec = JobSpec.model_validate_json(spec_json)
     method = parse_method(method_name)
     emit({"kind": "environment", "data": describe(spec.device)})
-    if {"peak_memory", "throughput"} & set(spec.measurements):
-        for b in spec.batch_sizes:
-            emit({"kind": "row", "data": trials.trial_row(spec, method, b)})
-    if "max_batch_size" in spec.measurements:
-        emit({"kind": "max_batch", "data": trials.max_batch_row(spec, method)})
-    if "fidelity" in spec.measurements and method.sampler is not None:
-        emit({"kind": "fidelity", "data": trials.fidelity_rows(spec, method, min(spec.batch_sizes))})
-    if "convergence" in spec.measurements:
-        from .convergence import convergence_row
 
-        def tick(message: str) -> None:
-            emit({"kind": "tick", "data": message})
+    def tick(message: str) -> None:
+        emit({"kind": "tick", "data": message})
 
-        emit({"kind": "convergence", "data": convergence_row(spec, method, trials.device_for(spec), tick)})
+    for field, producer in producers_for(spec):
+        for rows in producer.run(spec, method, tick):
+            emit({"kind": "rows", "field": field, "data": [r.model_dump(mode="json") for r in rows]})
 
 
 def die_with_parent() -> None:
@@ -81,60 +75,51 @@ def run_job(
     progress: Progress | None = None,
     isolate: bool = True,
     should_cancel: Callable[[], bool] | None = None,
-) -> dict:
-    result = {
-        "id": job_id or uuid.uuid4().hex[:12],
-        "status": "running",
-        "spec": spec.model_dump(mode="json"),
-        "results": [],
-        "max_batch": [],
-        "fidelity": [],
-        "convergence": [],
-        "environment": None,
-        "errors": [],
-        "started_at": _now(),
-        "finished_at": None,
-    }
+) -> JobResult:
+    result = JobResult(
+        id=job_id or uuid.uuid4().hex[:12],
+        status=JobStatus.running,
+        spec=spec.model_dump(mode="json"),
+        started_at=_now(),
+    )
     total = sum(units_per_method(spec, m) for m in spec.methods)
     done = 0
     for method_name in spec.methods:
         if should_cancel and should_cancel():
-            result["status"] = "cancelled"
+            result.status = JobStatus.cancelled
             break
 
         def handle(event: dict, method_name=method_name) -> None:
             nonlocal done
             kind, data = event["kind"], event.get("data")
             if kind == "environment":
-                result["environment"] = result["environment"] or data
-            elif kind == "row":
-                result["results"].append(data)
-                if data.get("error"):
-                    result["errors"].append(f"{method_name} batch {data['batch_size']}: {data['error']}")
-            elif kind == "max_batch":
-                result["max_batch"].append(data)
-            elif kind == "fidelity":
-                result["fidelity"].extend(data)
-            elif kind == "convergence":
-                result["convergence"].append(data)
+                result.environment = result.environment or Environment.model_validate(data)
+            elif kind == "rows":
+                rows = [FIELDS[event["field"]].model_validate(r) for r in data]
+                getattr(result, event["field"]).extend(rows)
+                # a trial that failed for a reason other than memory is the job's error too
+                result.errors.extend(
+                    f"{method_name} batch {r.batch_size}: {r.error}" for r in rows if getattr(r, "error", None)
+                )
             elif kind == "error":
-                result["errors"].append(f"{method_name}: {data}")
-            if kind in ("row", "max_batch", "fidelity", "tick") and progress:
+                result.errors.append(f"{method_name}: {data}")
+            if kind in ("rows", "tick") and progress:
                 done += 1
-                progress(done, total, f"{method_name}: {data if kind == 'tick' else kind + ' done'}")
+                what = data if kind == "tick" else f"{event['field']} done"
+                progress(done, total, f"{method_name}: {what}")
 
         if isolate:
             if _run_isolated(spec, method_name, handle, should_cancel) == "cancelled":
-                result["status"] = "cancelled"
+                result.status = JobStatus.cancelled
                 break
         else:
             try:
                 run_method(spec.model_dump_json(), method_name, handle)
             except Exception as err:
                 handle({"kind": "error", "data": f"{type(err).__name__}: {err}"})
-    if result["status"] == "running":
-        result["status"] = "failed" if result["errors"] else "succeeded"
-    result["finished_at"] = _now()
+    if result.status == JobStatus.running:
+        result.status = JobStatus.failed if result.errors else JobStatus.succeeded
+    result.finished_at = _now()
     return result
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "other")
+from contract.rows import CATEGORIES
 
 
 def _storage(t: torch.Tensor):

@@ -8,13 +8,14 @@ import math
 import torch
 
 import wtacrs
+from contract.methods import Method
+from contract.rows import FidelityRow, MaxBatchRow, Probe, TrialRow
+from contract.spec import JobSpec
 
 from .cuda_model import SM90
 from .environment import process_device_bytes
-from .maxbatch import Probe, search
+from .maxbatch import search
 from .measure import CPUAllocatorRecord, build_trial, free_cached, measure_memory, measure_throughput, release
-from .methods_grammar import Method
-from .spec import JobSpec
 
 GIB = 2**30
 FIDELITY_DRAWS = 8
@@ -53,7 +54,7 @@ def memory_limit(spec: JobSpec) -> float | None:
     return None
 
 
-def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> dict:
+def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
     row = {
         "method": method.name,
         "batch_size": batch_size,
@@ -96,40 +97,40 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
     release(trial)
     del trial
     free_cached()
-    return row
+    return TrialRow.model_validate(row)
 
 
-def max_batch_row(spec: JobSpec, method: Method) -> dict:
+def max_batch_row(spec: JobSpec, method: Method) -> MaxBatchRow:
     limit = memory_limit(spec)
 
     def probe(b: int) -> Probe:
         row = trial_row(spec, method, b, throughput=False)
-        if row["error"]:
-            raise RuntimeError(row["error"])
-        peak = row.get("reserved_bytes", row.get("peak_bytes"))
-        if row["oom"] and spec.device != "estimate":
-            return Probe(b, False, None, f"out of memory: {row['oom_message']}")
+        if row.error:
+            raise RuntimeError(row.error)
+        peak = row.reserved_bytes if row.reserved_bytes is not None else row.peak_bytes
+        if row.oom and spec.device != "estimate":
+            return Probe(batch_size=b, fits=False, peak_bytes=None, reason=f"out of memory: {row.oom_message}")
         fits = limit is None or peak <= limit
-        return Probe(b, fits, peak, "" if fits else "over the memory limit")
+        return Probe(batch_size=b, fits=fits, peak_bytes=peak, reason="" if fits else "over the memory limit")
 
     result = search(probe, limit, spec.max_batch.upper)
-    return {
-        "method": method.name,
-        "max_batch_size": result.max_batch_size,
-        "mode": spec.device,
-        "seq_len": spec.seq_len,
-        "limit_bytes": limit,
-        "headroom": spec.max_batch.headroom,
-        "capped_at_upper": result.capped,
-        "probes": [p.__dict__ for p in result.probes],
-    }
+    return MaxBatchRow(
+        method=method.name,
+        max_batch_size=result.max_batch_size,
+        mode=spec.device,
+        seq_len=spec.seq_len,
+        limit_bytes=limit,
+        headroom=spec.max_batch.headroom,
+        capped_at_upper=result.capped,
+        probes=result.probes,
+    )
 
 
 def _weight_grads(model) -> dict[str, torch.Tensor]:
     return {n: m.weight.grad.detach().double().clone() for n, m in wtacrs.wtacrs_layers(model)}
 
 
-def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[dict]:
+def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[FidelityRow]:
     """Per replaced layer: error and variance of the sampled weight gradient vs the exact one."""
     device = device_for(spec)
     exact_method = Method(method.name, method.adapter, None, None, method.checkpointing)
@@ -163,15 +164,15 @@ def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[dict]:
         # a relative error of a zero gradient (e.g. LoRA's frozen-path layers) is undefined, not 0
         defined = norm > 0 and math.isfinite(norm)
         rows.append(
-            {
-                "method": method.name,
-                "batch_size": batch_size,
-                "layer": name,
-                "relative_error": (stack - g).flatten(1).norm(dim=1).mean().item() / norm if defined else None,
-                "relative_bias": (mean - g).norm().item() / norm if defined else None,
-                "relative_variance": ((stack - mean) ** 2).sum((1, 2)).mean().item() / norm**2 if defined else None,
-                "draws": FIDELITY_DRAWS,
-                "exact_norm": norm if math.isfinite(norm) else None,
-            }
+            FidelityRow(
+                method=method.name,
+                batch_size=batch_size,
+                layer=name,
+                relative_error=(stack - g).flatten(1).norm(dim=1).mean().item() / norm if defined else None,
+                relative_bias=(mean - g).norm().item() / norm if defined else None,
+                relative_variance=((stack - mean) ** 2).sum((1, 2)).mean().item() / norm**2 if defined else None,
+                draws=FIDELITY_DRAWS,
+                exact_norm=norm if math.isfinite(norm) else None,
+            )
         )
     return rows

@@ -11,8 +11,10 @@ import time
 import httpx
 from pydantic import ValidationError
 
+from contract.results import JobStatus
+from contract.spec import JobSpec
+
 from .runner import run_job
-from .spec import JobSpec
 
 log = logging.getLogger("wtacrs.worker")
 
@@ -101,13 +103,13 @@ def run_claimed(api: Api, worker_id: str, claimed: dict, isolate: bool = True) -
         log.warning("job %s attempt %s: lease lost, result discarded", job_id, attempt)
         return "lost"
     try:
-        if result["status"] == "cancelled":
+        if result.status == JobStatus.cancelled:
             api.post(f"{path}/fail", {"attempt": attempt, "error": "cancelled", "retryable": False, "cancelled": True})
             return "cancelled"
         for i in range(5):  # the result is the one thing not to lose
             try:
-                api.post(f"{path}/result", {"attempt": attempt, "result": result})
-                return result["status"]
+                api.post(f"{path}/result", {"attempt": attempt, "result": result.model_dump(mode="json")})
+                return result.status.value
             except (httpx.TransportError, RuntimeError) as err:
                 log.warning("posting result failed (%s), retrying", err)
                 time.sleep(2**i)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import transformers
 
+from contract.presets import PRESETS, PRETRAINED
+from contract.spec import JobSpec, ModelSpec
 from wtacrs.families import family as family_record
-
-from .spec import JobSpec, ModelSpec
-from .zoo_names import PRESETS, PRETRAINED
 
 # T5 is seq2seq: the decoder reads a target this long (GLUE-as-text targets are a few tokens).
 T5_TARGET_LEN = 8

@@ -28,7 +28,7 @@ def start(args, tmp_path, name, **env):
     log = open(tmp_path / f"{name}.log", "w")
     full_env = {**os.environ, "WTACRS_ADMIN_TOKEN": TOKEN, "WTACRS_TOKEN": TOKEN, **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "profiler.cli", *args], cwd=tmp_path, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "app.cli", *args], cwd=tmp_path, env=full_env, stdout=log, stderr=subprocess.STDOUT
     )
 
 
@@ -97,7 +97,7 @@ def test_serve_with_its_local_worker_runs_the_minimal_spec(server, tmp_path):
     launch, procs = server
     url = launch()
     out = subprocess.run(
-        [sys.executable, "-m", "profiler.cli", "submit", str(MINIMAL), "--api", url],
+        [sys.executable, "-m", "app.cli", "submit", str(MINIMAL), "--api", url],
         env={**os.environ, "WTACRS_TOKEN": TOKEN},
         capture_output=True,
         text=True,

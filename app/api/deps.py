@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.models import Token
+from app.queue import JobQueue, SqlConnector
 
 
 def hash_token(token: str) -> str:
@@ -36,6 +37,14 @@ def get_session(request: Request) -> Iterator[Session]:
 # (the default "request" scope would commit after the client already saw success).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+async def get_queue(session: SessionDep, settings: SettingsDep) -> JobQueue:
+    """The queue over this request's session: its steps commit with the request's other writes."""
+    return JobQueue(SqlConnector(session), settings.lease_seconds)
+
+
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
-"""The latest result per (model, mode, dtype, method, batch), with ratios to a baseline method."""
+"""The compare page's table: `services.results.compare` (the latest row per key, ratio to a
+baseline) laid out as (model, mode, dtype, method) x batch size, and as CSV."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-
 from app.models import ResultRow
+from app.services.results import Compared
 from app.web.charts import memory_text
 
 
@@ -21,32 +21,12 @@ class Cell:
         return "OOM" if self.row.oom else memory_text(self.row.peak_bytes)
 
 
-def latest_rows(session, model=None, methods=None, dtype=None, mode=None, jobs=None) -> list[ResultRow]:
-    """Aggregated in SQL (max id per key), so a page never pulls every stored row."""
-    where = [ResultRow.job_id.in_(jobs)] if jobs else []
-    for column, value in ((ResultRow.model, model), (ResultRow.dtype, dtype), (ResultRow.mode, mode)):
-        if value:
-            where.append(column == value)
-    if methods:
-        where.append(ResultRow.method.in_(methods))
-    keys = (ResultRow.model, ResultRow.mode, ResultRow.dtype, ResultRow.method, ResultRow.batch_size)
-    latest = select(func.max(ResultRow.id)).where(*where).group_by(*keys)
-    return list(session.execute(select(ResultRow).where(ResultRow.id.in_(latest))).scalars())
-
-
-def pivot(rows: list[ResultRow], baseline: str) -> dict[tuple, dict[int, Cell]]:
-    """(model, mode, dtype, method) -> {batch: Cell}."""
-    by_key: dict[tuple, dict[int, ResultRow]] = {}
-    for r in rows:
-        by_key.setdefault((r.model, r.mode, r.dtype, r.method), {})[r.batch_size] = r
+def pivot(compared: list[Compared]) -> dict[tuple, dict[int, Cell]]:
+    """(model, mode, dtype, method) -> {batch: Cell}, in `compare`'s order."""
     out: dict[tuple, dict[int, Cell]] = {}
-    for key, cells in sorted(by_key.items()):
-        base = by_key.get((*key[:3], baseline), {})
-        out[key] = {}
-        for b, r in sorted(cells.items()):
-            ref = base.get(b)
-            ok = ref is not None and ref.peak_bytes and r.peak_bytes and not r.oom
-            out[key][b] = Cell(r, ref.peak_bytes / r.peak_bytes if ok else None)
+    for c in compared:
+        r = c.row
+        out.setdefault((r.model, r.mode, r.dtype, r.method), {})[r.batch_size] = Cell(r, c.memory_ratio)
     return out
 
 

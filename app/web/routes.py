@@ -7,17 +7,23 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Annotated
 
 import plotly
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import func, select
+from pydantic import BeforeValidator
 
 from app.api.deps import Reader, SessionDep
-from app.api.routes.jobs import get_job, job_filters, public
-from app.models import Job, ResultRow
+from app.services import jobs as job_service
+from app.services import results
+from app.services.filters import Filter, Page
 from app.web import charts, pivot
+from app.web.job_charts import JOB_CHARTS, memory_vs_batch
+from contract.measurements import MEASUREMENTS
+from contract.results import JobStatus
+from contract.rows import TrialRow
 
 HERE = Path(__file__).parent
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -27,6 +33,9 @@ GIB = 2**30
 _EXAMPLE = HERE.parents[1] / "examples" / "minimal.json"
 EXAMPLE_SPEC = _EXAMPLE.read_text() if _EXAMPLE.exists() else "{}"  # prefills the submit form
 METRICS = {"peak_bytes": 1 / GIB, "first_step_peak_bytes": 1 / GIB, "activation_bytes": 1 / GIB, "tokens_per_s": 1}
+JOBS_SHOWN = 200
+# the filter forms send "" for "any"
+AnyStatus = Annotated[JobStatus | None, BeforeValidator(lambda value: value or None)]
 
 
 @router.get("/static/plotly.min.js")
@@ -44,7 +53,7 @@ def static(name: str) -> FileResponse:
 
 def _models(session, chosen: str | None) -> tuple[list[str], str | None]:
     """Models that have results, and the one to show (the chosen one, else the first)."""
-    models = sorted(session.execute(select(ResultRow.model).distinct()).scalars().all())
+    models = results.models(session)
     return models, chosen or (models[0] if models else None)
 
 
@@ -57,19 +66,18 @@ def jobs_page(
     request: Request,
     session: SessionDep,
     _: Reader,
-    status: str | None = None,
+    status: AnyStatus = None,
     model: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
 ) -> HTMLResponse:
-    where = job_filters(status, model, device, dtype)
-    jobs = session.execute(select(Job).where(*where).order_by(Job.created_at.desc()).limit(200)).scalars().all()
-    models = session.execute(select(Job.model).distinct()).scalars().all()
+    f = Filter(status=status, model=model, mode=device, dtype=dtype)
     return page(
         request,
         "jobs.html",
-        jobs=jobs,
-        models=sorted(models),
+        jobs=job_service.listed(session, f, Page(JOBS_SHOWN)),
+        models=job_service.models(session),
+        statuses=list(JobStatus),
         filters={"status": status, "model": model, "device": device, "dtype": dtype},
         example=EXAMPLE_SPEC,
     )
@@ -77,23 +85,16 @@ def jobs_page(
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str, session: SessionDep, _: Reader) -> HTMLResponse:
-    job = public(session, get_job(session, job_id))
-    env = job.environment or {}
+    job = job_service.public(session, job_service.get_or_404(session, job_id))
+    env = job.environment.model_dump(exclude_none=True) if job.environment else {}
     target = job.spec.get("target_memory_gb")
     device_bytes = target * GIB if target else env.get("device_total_bytes") if job.device == "cuda" else None
     figures = {}
-    if job.results:
-        figures["memory"] = charts.memory_vs_batch(job.results, device_bytes, job.device)
-        figures["breakdown"] = charts.breakdown(job.results)
-        if any(r.get("tokens_per_s") for r in job.results):
-            figures["throughput"] = charts.throughput(job.results)
-    if job.max_batch:
-        figures["max_batch"] = charts.max_batch_bars(job.max_batch)
-    if job.fidelity:
-        figures["fidelity"] = charts.fidelity(job.fidelity)
-    if job.convergence:
-        figures["loss"] = charts.loss_curves(job.convergence)
-        figures["accuracy"] = charts.accuracy_vs_memory(job.convergence)
+    for measurement in MEASUREMENTS.values():  # each chart once, where its measurement has rows
+        if getattr(job, measurement.field):
+            for name in measurement.charts:
+                if name not in figures and (figure := JOB_CHARTS[name](job, device_bytes)) is not None:
+                    figures[name] = figure
     return page(
         request,
         "job.html",
@@ -117,10 +118,11 @@ def compare_page(
     jobs: str | None = Query(None, description="comma-separated job ids to compare"),
 ) -> HTMLResponse:
     models, model = _models(session, model)
-    job_ids = [j.strip() for j in (jobs or "").split(",") if j.strip()]
-    all_methods = sorted(session.execute(select(ResultRow.method).where(ResultRow.model == model).distinct()).scalars())
-    rows = pivot.latest_rows(session, model, method, dtype, mode, job_ids)
-    table = pivot.pivot(rows, baseline)
+    job_ids = [j.strip() for j in (jobs or "").split(",")]
+    f = Filter(model=model, methods=method, mode=mode, dtype=dtype, job_ids=job_ids)
+    compared = results.compare(session, f, baseline)
+    rows = [c.row for c in compared]
+    table = pivot.pivot(compared)
     batches = sorted({r.batch_size for r in rows})
     lines = [
         {"mode": k[1], "dtype": k[2], "method": k[3], "cells": [cells.get(b) for b in batches]}
@@ -145,8 +147,8 @@ def compare_page(
                     "categories": {c: (eb.get(c, 0) - mb.get(c, 0)) / GIB for c in charts.CATEGORIES},
                 }
             )
-    by_mode = [dict(r.data, method=f"{r.method} [{r.mode}]") for r in rows]
-    figure = charts.memory_vs_batch(by_mode, None, mode or "mixed") if rows else None
+    by_mode = [TrialRow.model_validate(dict(r.data, method=f"{r.method} [{r.mode}]")) for r in rows]
+    figure = memory_vs_batch(by_mode, None, mode or "mixed") if rows else None
     return page(
         request,
         "compare.html",
@@ -158,7 +160,7 @@ def compare_page(
         baseline=baseline,
         figure=json.dumps(figure),
         filters={"dtype": dtype, "mode": mode, "jobs": jobs or "", "method": method or []},
-        methods=all_methods,
+        methods=results.methods(session, model),
         export_query=request.url.query,
     )
 
@@ -174,7 +176,7 @@ def compare_csv(
     baseline: str = "full",
 ) -> Response:
     """The pivot (model x method x batch, ratio to the baseline) as CSV."""
-    table = pivot.pivot(pivot.latest_rows(session, model, method, dtype, mode), baseline)
+    table = pivot.pivot(results.compare(session, Filter(model=model, methods=method, mode=mode, dtype=dtype), baseline))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=pivot.CSV_COLUMNS)
     writer.writeheader()
@@ -196,20 +198,8 @@ def history_page(
     if metric not in METRICS:
         raise HTTPException(422, f"metric {metric!r} is not one of {sorted(METRICS)}")
     models, model = _models(session, model)
-    where = [ResultRow.model == model, getattr(ResultRow, metric).is_not(None)]
-    if batch_size:
-        where.append(ResultRow.batch_size == batch_size)
-    where.append(ResultRow.oom.is_(False))  # an OOM is not a point on a memory or speed curve
-    # one point per (job, method): the largest batch it measured
-    largest = (
-        select(ResultRow.job_id, ResultRow.method, func.max(ResultRow.batch_size).label("batch"))
-        .where(*where)
-        .group_by(ResultRow.job_id, ResultRow.method)
-        .subquery()
-    )
-    on = (ResultRow.job_id == largest.c.job_id) & (ResultRow.method == largest.c.method)
-    stmt = select(ResultRow).join(largest, on & (ResultRow.batch_size == largest.c.batch)).where(*where)
-    rows = session.execute(stmt.order_by(ResultRow.created_at, ResultRow.id)).scalars()
+    # no model yet (an empty store): no rows, rather than every model's
+    rows = results.largest_batch_rows(session, Filter(model=model), metric, batch_size) if model else []
     points = [
         {
             "method": r.method,

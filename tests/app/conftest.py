@@ -11,7 +11,7 @@ ADMIN = "test-admin-token"
 PG_URL = os.environ.get("WTACRS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def _postgres_schema_url():
+def postgres_schema_url():
     """A fresh schema on the test PostgreSQL, or a skip that says why."""
     try:
         import psycopg
@@ -33,7 +33,7 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/test.db"
         return
-    conn, schema, url = _postgres_schema_url()
+    conn, schema, url = postgres_schema_url()
     yield url
     conn.execute(f"DROP SCHEMA {schema} CASCADE")
     conn.close()

@@ -90,6 +90,7 @@ FIDELITY = [
 CONVERGENCE = [
     {
         "method": m,
+        "mode": "cpu",
         "seed": 0,
         "data": "train.tsv",
         "train_examples": 1600,
@@ -141,7 +142,7 @@ def site(tmp_path_factory):
             return job_id
 
         spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {"batch_sizes": [8, 16, 32, 64]}
-        max_batch = [{"method": "full", "max_batch_size": 48}, {"method": "wtacrs@0.3", "max_batch_size": 140}]
+        max_batch = [{"method": m, "max_batch_size": n, "mode": "cpu"} for m, n in (("full", 48), ("wtacrs@0.3", 140))]
         job_id = finish(spec, {"results": ROWS, "max_batch": max_batch})
         spec = json.loads((ROOT / "examples" / "accuracy-minilm-sst2.json").read_text())
         convergence_id = finish(spec, {"convergence": CONVERGENCE})

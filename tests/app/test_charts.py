@@ -4,17 +4,30 @@ import json
 
 import pytest
 
-from app.web import charts
+from app.web import charts, job_charts
+from contract.rows import ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
 
 MIB, GIB = 2**20, 2**30
 
 
 def rows(methods, batches, peak, **extra):
     return [
-        {"method": m, "batch_size": b, "peak_bytes": peak(m, b), "oom": False, "tokens_per_s": 100.0 * b, **extra}
+        TrialRow(method=m, batch_size=b, mode="cpu", peak_bytes=peak(m, b), tokens_per_s=100.0 * b, **extra)
         for m in methods
         for b in batches
     ]
+
+
+def as_fidelity(rows):
+    return [FidelityRow.model_validate({"batch_size": 4, "draws": 8, **r}) for r in rows]
+
+
+def as_convergence(rows):
+    return [ConvergenceRow.model_validate({"mode": "cpu", **r}) for r in rows]
+
+
+def as_max_batch(rows):
+    return [MaxBatchRow.model_validate({"mode": "cpu", **r}) for r in rows]
 
 
 def tiny(m, b):  # bert-tiny: ~96 MiB, lora 0.003 MiB above full
@@ -31,13 +44,13 @@ def every_figure():
     ]
     points = [{"method": "full", "at": "2026-01-01T10:00:00", "value": 0.0944815, "job_id": "a"}]
     return {
-        "memory": charts.memory_vs_batch(results, None, "cpu"),
-        "max_batch": charts.max_batch_bars([{"method": "full", "max_batch_size": 3}]),
-        "throughput": charts.throughput(results),
-        "breakdown": charts.breakdown(results),
-        "fidelity": charts.fidelity(fid),
-        "loss": charts.loss_curves(conv),
-        "accuracy": charts.accuracy_vs_memory(conv),
+        "memory": job_charts.memory_vs_batch(results, None, "cpu"),
+        "max_batch": job_charts.max_batch_bars(as_max_batch([{"method": "full", "max_batch_size": 3}])),
+        "throughput": job_charts.throughput(results),
+        "breakdown": job_charts.breakdown(results),
+        "fidelity": job_charts.fidelity(as_fidelity(fid)),
+        "loss": job_charts.loss_curves(as_convergence(conv)),
+        "accuracy": job_charts.accuracy_vs_memory(as_convergence(conv)),
         "history": charts.history(points, "peak_bytes GiB"),
     }
 
@@ -55,19 +68,19 @@ def test_titles_sit_below_the_modebar_row(name):
 
 
 def test_memory_axis_starts_at_zero_in_a_readable_unit():
-    fig = charts.memory_vs_batch(rows(["full", "lora"], [2, 3, 4], tiny), None, "cpu")
+    fig = job_charts.memory_vs_batch(rows(["full", "lora"], [2, 3, 4], tiny), None, "cpu")
     y = fig["layout"]["yaxis"]
     assert y["rangemode"] == "tozero"
     assert y["title"]["text"] == "peak memory (MiB)"
     values = [v for t in fig["data"] for v in t["y"]]
     assert 96 < min(values) and max(values) < 98  # MiB, not 0.0944815 GiB
-    big = charts.memory_vs_batch(rows(["full"], [8, 16], lambda m, b: (1 + b) * GIB), None, "cuda")
+    big = job_charts.memory_vs_batch(rows(["full"], [8, 16], lambda m, b: (1 + b) * GIB), None, "cuda")
     assert big["layout"]["yaxis"]["title"]["text"] == "peak memory (GiB)"
     assert big["data"][0]["y"] == [9.0, 17.0]
 
 
 def test_device_line_counts_when_choosing_the_unit():
-    fig = charts.memory_vs_batch(rows(["full"], [2], tiny), 80 * GIB, "cuda")
+    fig = job_charts.memory_vs_batch(rows(["full"], [2], tiny), 80 * GIB, "cuda")
     assert fig["layout"]["shapes"][0]["y0"] == 80
     assert fig["layout"]["yaxis"]["title"]["text"].endswith("(GiB)")
 
@@ -82,27 +95,27 @@ def test_device_line_counts_when_choosing_the_unit():
     ],
 )
 def test_batch_axis_has_whole_ticks_and_log2_spacing_over_wide_ranges(sizes, kind, ticks):
-    fig = charts.memory_vs_batch(rows(["full"], sizes, tiny), None, "cpu")
+    fig = job_charts.memory_vs_batch(rows(["full"], sizes, tiny), None, "cpu")
     x = fig["layout"]["xaxis"]
     assert x.get("type", "linear") == kind
     assert x["tickvals"] == ticks and all(isinstance(t, int) for t in x["tickvals"])
     assert x["ticktext"] == [str(t) for t in ticks]
-    assert charts.throughput(rows(["full"], sizes, tiny))["layout"]["xaxis"] == x
+    assert job_charts.throughput(rows(["full"], sizes, tiny))["layout"]["xaxis"] == x
 
 
 def test_many_linear_batch_sizes_still_get_whole_ticks():
-    x = charts.memory_vs_batch(rows(["full"], range(10, 40), tiny), None, "cpu")["layout"]["xaxis"]
+    x = job_charts.memory_vs_batch(rows(["full"], range(10, 40), tiny), None, "cpu")["layout"]["xaxis"]
     assert x.get("type", "linear") == "linear" and x["tickformat"] == "d" and "tickvals" not in x
 
 
 def test_max_batch_axis_counts_in_whole_batches():
-    y = charts.max_batch_bars([{"method": "full", "max_batch_size": 3}])["layout"]["yaxis"]
+    y = job_charts.max_batch_bars(as_max_batch([{"method": "full", "max_batch_size": 3}]))["layout"]["yaxis"]
     assert y["dtick"] == 1 and y["rangemode"] == "tozero"
 
 
 def test_coinciding_methods_both_stay_visible():
     same = rows(["wtacrs@0.3", "lora+wtacrs@0.3"], [2, 4], lambda m, b: 100 * MIB)
-    for fig in (charts.memory_vs_batch(same, None, "cpu"), charts.throughput(same)):
+    for fig in (job_charts.memory_vs_batch(same, None, "cpu"), job_charts.throughput(same)):
         a, b = fig["data"]
         assert a["y"] == b["y"]
         assert a["marker"]["symbol"] != b["marker"]["symbol"]
@@ -114,7 +127,7 @@ def test_coinciding_methods_both_stay_visible():
 
 def test_breakdown_puts_small_activations_first_distinct_and_labelled():
     bd = {"parameters": 30 * MIB, "gradients": 30 * MIB, "optimizer_state": 35 * MIB, "activations": MIB // 5}
-    fig = charts.breakdown(rows(["full", "lora"], [2, 4], tiny, breakdown=bd))
+    fig = job_charts.breakdown(rows(["full", "lora"], [2, 4], tiny, breakdown=bd))
     first = fig["data"][0]
     assert first["name"] == "activations" and first["orientation"] == "h"
     assert first["x"] == pytest.approx([0.2, 0.2], abs=1e-5)  # MiB, like the rest of the axis
@@ -137,7 +150,7 @@ DEFINED = {"relative_error": 0.4, "relative_bias": 0.01, "relative_variance": 0.
 def test_fidelity_with_a_zero_exact_gradient_is_not_applicable_never_a_perfect_score(zero):
     fid = [{"method": "wtacrs@0.3", "batch_size": 4, "layer": f"l{i}", **DEFINED} for i in range(2)]
     fid += [{"method": "lora+wtacrs@0.3", "batch_size": 4, "layer": f"l{i}", **zero} for i in range(2)]
-    fig = charts.fidelity(fid)
+    fig = job_charts.fidelity(as_fidelity(fid))
     defined, na = fig["data"]
     assert defined["y"] == [0.4, 0.4] and defined["name"] == "wtacrs@0.3"
     assert na["y"] == [None, None]  # gaps, not points at 0
@@ -153,7 +166,7 @@ def test_fidelity_with_some_layers_undefined_counts_them():
         {"method": "m", "batch_size": 4, "layer": "a", **DEFINED},
         {"method": "m", "batch_size": 4, "layer": "b", **OLD_ZERO},
     ]
-    fig = charts.fidelity(fid)
+    fig = job_charts.fidelity(as_fidelity(fid))
     assert fig["data"][0]["y"] == [0.4, None] and fig["data"][0]["name"] == "m (1 layers N/A)"
     assert fig["table"]["rows"][0][2:4] == ["2 (1 N/A)", "0.400"]
     assert fig["layout"]["yaxis"]["rangemode"] == "tozero"
@@ -182,7 +195,7 @@ def test_accuracy_axis_is_not_zoomed_onto_seed_noise():
         {"method": "full", "losses": [1.0], "peak_bytes": 420 * MIB, "accuracy": 0.861},
         {"method": "lora", "losses": [1.0], "peak_bytes": 300 * MIB, "accuracy": 0.858},
     ]
-    layout = charts.accuracy_vs_memory(conv)["layout"]
+    layout = job_charts.accuracy_vs_memory(as_convergence(conv))["layout"]
     low, high = layout["yaxis"]["range"]
     assert high - low >= charts.ACCURACY_SPAN and low <= 85.8 and high >= 86.1
     assert layout["xaxis"]["range"][0] == 0 and layout["xaxis"]["title"]["text"].endswith("(MiB)")

@@ -59,7 +59,19 @@ def test_list_filter_paginate(client):
     assert page["total"] == 5 and len(page["items"]) == 2
     assert {j["id"] for j in page["items"]} <= set(ids)
     assert client.get("/api/jobs", params={"status": "running"}).json()["total"] == 0
-    assert client.get("/api/jobs", params={"status": "bogus"}).status_code == 422
+    r = client.get("/api/jobs", params={"status": "bogus"})
+    assert r.status_code == 422 and "'queued', 'running', 'succeeded', 'failed' or 'cancelled'" in r.text
+    assert client.get("/api/jobs", params={"status": "queued", "device": "cpu"}).json()["total"] == 6
+
+
+def test_jobs_page_filters_by_status(client):
+    job_id = client.post("/api/jobs", json=MINIMAL, headers=auth()).json()["id"]
+    for query, shown in (("", True), ("?status=&model=&device=&dtype=", True), ("?status=queued", True)):
+        r = client.get("/" + query)
+        assert r.status_code == 200 and (job_id in r.text) == shown, query
+    assert job_id not in client.get("/?status=running").text
+    r = client.get("/?status=bogus")
+    assert r.status_code == 422 and "query.status: Input should be &#x27;queued&#x27;" in r.text
 
 
 def test_cancel_queued_and_rerun(client):

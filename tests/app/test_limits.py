@@ -66,7 +66,7 @@ def test_a_worker_result_may_be_larger_than_a_spec(make):
     assert client.post(f"/api/workers/{w}/claim", headers=auth()).json()["job_id"] == job_id
     path = f"/api/workers/{w}/jobs/{job_id}/result"
     losses = [0.123456789] * 400_000  # a long loss curve: about 5 MB of JSON
-    big = {"attempt": 1, "result": {"results": [], "convergence": [{"method": "full", "losses": losses}]}}
+    big = {"attempt": 1, "result": {"results": [], "convergence": [{"method": "full", "mode": "cpu", "losses": losses}]}}
     assert client.post(path, json=big).status_code == 401  # no token: refused before reading it
     assert client.post(path, json=big, headers=auth()).status_code == 204
     assert len(client.get(f"/api/jobs/{job_id}").json()["convergence"][0]["losses"]) == 400_000

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from profiler.methods_grammar import parse_method
+from contract.methods import parse_method
+from contract.spec import JobSpec
 from profiler.runner import units_per_method
-from profiler.spec import JobSpec
 from profiler.textdata import SST2_ENV, default_sst2_path, read_tsv, split
 
 
@@ -65,7 +65,7 @@ def test_the_real_sst2_file_parses_when_present():
     assert not any(s.endswith("\r") for s in sentences[:1000])
 
 
-def test_progress_counts_one_unit_per_epoch():
+def test_progress_counts_one_unit_per_epoch_and_one_for_the_row():
     spec = JobSpec.model_validate(
         {
             "model": "all-minilm-l6-v2",
@@ -75,7 +75,7 @@ def test_progress_counts_one_unit_per_epoch():
             "convergence": {"epochs": 3},
         }
     )
-    assert units_per_method(spec, "full") == 3
+    assert units_per_method(spec, "full") == 3 + 1
 
 
 WORDS = {1: ["great", "wonderful", "moving", "funny", "superb"], 0: ["awful", "boring", "dull", "bad", "tedious"]}
@@ -110,8 +110,8 @@ def test_short_run_trains_every_method_on_the_same_batches(tmp_path):
         }
     )
     ticks = []
-    full = convergence_row(spec, parse_method("full"), torch.device("cpu"), ticks.append)
-    sampled = convergence_row(spec, parse_method("wtacrs@0.3"), torch.device("cpu"), ticks.append)
+    full = convergence_row(spec, parse_method("full"), torch.device("cpu"), ticks.append).model_dump()
+    sampled = convergence_row(spec, parse_method("wtacrs@0.3"), torch.device("cpu"), ticks.append).model_dump()
     assert ticks[0].startswith("epoch 1/2") and len(ticks) == 4
     for r in (full, sampled):
         assert r["steps"] == 8 and len(r["losses"]) == 8 and [e["step"] for e in r["evals"]] == [4, 8]
@@ -120,7 +120,7 @@ def test_short_run_trains_every_method_on_the_same_batches(tmp_path):
         # weights (22.7M fp32) + AdamW state, measured by the allocator: more than 3x the weights
         assert r["peak_bytes"] > 3 * 22_000_000 * 4
     # same seed, same everything: a second run repeats the first exactly (what makes methods comparable)
-    again = convergence_row(spec, parse_method("full"), torch.device("cpu"), ticks.append)
+    again = convergence_row(spec, parse_method("full"), torch.device("cpu"), ticks.append).model_dump()
     assert again["losses"] == full["losses"] and again["accuracy"] == full["accuracy"]
     assert full["cache_bytes"] == 0 and full["norm_source"] is None
     # the paper's cache: per layer, one bf16 norm per (example, position), a seen flag and a mean;

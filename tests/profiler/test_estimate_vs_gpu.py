@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import transformers
 
-from profiler.methods_grammar import parse_method
-from profiler.spec import JobSpec
+from contract.methods import parse_method
+from contract.spec import JobSpec
 from profiler.trials import trial_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_estimate_matches_gpu(name, job, row):
             "estimate_device": "cuda-sm90",
         }
     )
-    est = trial_row(spec, parse_method(row["method"]), row["batch_size"], throughput=False)
+    est = trial_row(spec, parse_method(row["method"]), row["batch_size"], throughput=False).model_dump()
     assert est["error"] is None, est["error"]
     assert est["estimate_device"] == "cuda-sm90"
     error = est["first_step_peak_bytes"] / row["first_step_peak_bytes"] - 1

@@ -12,7 +12,7 @@ def affine(base, per_sample, limit, noise=None, measured_over=True):
     def probe(b):
         calls.append(b)
         peak = base + per_sample * b + (noise(b) if noise else 0)
-        return Probe(b, peak <= limit, peak if peak <= limit or measured_over else None)
+        return Probe(batch_size=b, fits=peak <= limit, peak_bytes=peak if peak <= limit or measured_over else None)
 
     return probe, calls
 
@@ -98,9 +98,9 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
     import gc
     import weakref
 
+    from contract.methods import parse_method
+    from contract.spec import JobSpec
     from profiler import measure, trials
-    from profiler.methods_grammar import parse_method
-    from profiler.spec import JobSpec
 
     spec = JobSpec.model_validate(
         {
@@ -139,11 +139,11 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
     monkeypatch.setattr(trials, "free_cached", checked_free)
 
     def fits_alone(b):
-        return not trials.trial_row(spec, method, b, throughput=False)["oom"]
+        return not trials.trial_row(spec, method, b, throughput=False).oom
 
-    first = trials.max_batch_row(spec, method)
+    first = trials.max_batch_row(spec, method).model_dump()
     assert models and not leaks, "a probe's model was still alive when its memory was handed back"
-    second = trials.max_batch_row(spec, method)
+    second = trials.max_batch_row(spec, method).model_dump()
     answer = first["max_batch_size"]
     failed = [p for p in first["probes"] if not p["fits"]]
     assert len(failed) >= 2, first["probes"]  # the search went on after OOMs

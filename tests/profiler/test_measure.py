@@ -1,15 +1,15 @@
 import pytest
 
-from profiler.methods_grammar import EXAMPLES
+from contract.methods import EXAMPLES
+from contract.presets import PRESETS
+from contract.spec import JobSpec
 from profiler.runner import run_job
-from profiler.spec import JobSpec
-from profiler.zoo_names import PRESETS
 
 BASE = {"seq_len": 32, "steps": 1, "warmup": 0, "measurements": ["peak_memory"]}
 
 
 def job(**kw):
-    return run_job(JobSpec.model_validate({**BASE, **kw}), isolate=False)
+    return run_job(JobSpec.model_validate({**BASE, **kw}), isolate=False).model_dump(mode="json")
 
 
 @pytest.mark.parametrize("model", sorted(p for p in PRESETS if p.endswith("-tiny")))
@@ -85,7 +85,7 @@ def test_fidelity_is_zero_at_ratio_one_and_positive_below():
             }
         ),
         isolate=False,
-    )
+    ).model_dump(mode="json")
     assert result["status"] == "succeeded", result["errors"]
     exact = [r for r in result["fidelity"] if r["method"] == "wtacrs@1.0"]
     sampled = [r for r in result["fidelity"] if r["method"] == "wtacrs@0.3"]

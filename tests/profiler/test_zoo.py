@@ -5,10 +5,10 @@ import pytest
 import torch
 import transformers
 
+from contract.presets import PRESETS
+from contract.spec import JobSpec
 from profiler.runner import run_job
-from profiler.spec import JobSpec
 from profiler.zoo import build_config, make_batch, resolve
-from profiler.zoo_names import PRESETS
 from wtacrs.families import FAMILIES, family
 
 
@@ -23,7 +23,7 @@ def _job(model, device):
         "steps": 1,
         "warmup": 0,
     }
-    return run_job(JobSpec.model_validate(spec), isolate=False)
+    return run_job(JobSpec.model_validate(spec), isolate=False).model_dump(mode="json")
 
 
 # every family traces, OPT's LayerDrop draw included (profiler.measure.real_random_scalars)

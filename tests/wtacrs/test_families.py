@@ -72,6 +72,6 @@ def test_the_record_names_what_the_family_builds(name):
 
 
 def test_imports_without_torch_or_transformers():
-    code = "import sys, wtacrs.families, profiler.spec; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, wtacrs.families, contract.spec; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

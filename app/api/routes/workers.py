@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
-from app import queue
 from app.api.bodies import JsonBody
-from app.api.deps import SessionDep, SettingsDep, WorkerAuth
+from app.api.deps import QueueDep, SessionDep, WorkerAuth
 from app.models import Worker, utcnow
+from app.queue import LeaseLost
 from app.schemas import AttemptFailure, AttemptResult, Claimed, Heartbeat, HeartbeatReply, WorkerPublic, WorkerRegister
+from app.services import results
 
 router = APIRouter(prefix="/api/workers", tags=["workers"])
 RESULT_BODY = JsonBody(AttemptResult)
@@ -28,13 +29,9 @@ def _worker(session, worker_id: str, who) -> Worker:
     return worker
 
 
-def _held(session, worker_id: str, job_id: str, attempt: int, who):
-    """The job if this worker still holds this attempt; 409 otherwise (it was re-claimed or finished)."""
-    _worker(session, worker_id, who)
-    try:
-        return queue.held(session, job_id, worker_id, attempt)
-    except queue.LeaseLost as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
+def _lost(err: LeaseLost) -> HTTPException:
+    """The attempt was re-claimed, cancelled or finished: the worker must drop it."""
+    return HTTPException(status.HTTP_409_CONFLICT, str(err))
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=WorkerPublic)
@@ -52,26 +49,24 @@ def register(body: WorkerRegister, session: SessionDep, who: WorkerAuth) -> Work
 
 
 @router.post("/{worker_id}/claim", response_model=Claimed, responses={204: {"description": "nothing queued"}})
-def claim(worker_id: str, session: SessionDep, who: WorkerAuth, settings: SettingsDep):
+def claim(worker_id: str, session: SessionDep, queue: QueueDep, who: WorkerAuth):
     _worker(session, worker_id, who)
-    job = queue.claim(session, worker_id, settings.lease_seconds)
+    job = queue.claim(worker_id)
     if job is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return Claimed(job_id=job.id, attempt=job.attempts, spec=job.spec, lease_seconds=settings.lease_seconds)
+    return Claimed(job_id=job.id, attempt=job.attempts, spec=job.spec, lease_seconds=queue.lease_seconds)
 
 
 @router.post("/{worker_id}/jobs/{job_id}/heartbeat", response_model=HeartbeatReply)
 def heartbeat(
-    worker_id: str, job_id: str, body: Heartbeat, session: SessionDep, who: WorkerAuth, settings: SettingsDep
+    worker_id: str, job_id: str, body: Heartbeat, session: SessionDep, queue: QueueDep, who: WorkerAuth
 ) -> HeartbeatReply:
     _worker(session, worker_id, who)
     try:
-        job = queue.heartbeat(
-            session, job_id, worker_id, body.attempt, settings.lease_seconds, body.progress, body.message
-        )
-    except queue.LeaseLost as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
-    return HeartbeatReply(cancel=job.cancel_requested, lease_seconds=settings.lease_seconds)
+        job = queue.heartbeat(job_id, worker_id, body.attempt, body.progress, body.message)
+    except LeaseLost as err:
+        raise _lost(err) from None
+    return HeartbeatReply(cancel=job.cancel_requested, lease_seconds=queue.lease_seconds)
 
 
 @router.post(
@@ -83,21 +78,26 @@ def post_result(
     who: WorkerAuth,  # before the body: a result may be megabytes, read only for a worker token
     body: Annotated[AttemptResult, Depends(RESULT_BODY)],
     session: SessionDep,
+    queue: QueueDep,
 ) -> Response:
-    job = _held(session, worker_id, job_id, body.attempt, who)
-    if not isinstance(body.result.get("results", []), list):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "result.results must be a list of rows")
+    _worker(session, worker_id, who)
     try:
-        queue.store_result(session, job, body.result, worker_id)
-    except (KeyError, TypeError) as err:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"malformed result row: missing {err}") from None
+        queue.held(job_id, worker_id, body.attempt)  # a stale attempt's rows are never written
+        results.save(session, job_id, body.result)  # the rows were validated with the body
+        queue.complete(job_id, worker_id, body.attempt, body.result.errors)
+    except LeaseLost as err:
+        raise _lost(err) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{worker_id}/jobs/{job_id}/fail")
-def post_failure(worker_id: str, job_id: str, body: AttemptFailure, session: SessionDep, who: WorkerAuth) -> dict:
-    job = _held(session, worker_id, job_id, body.attempt, who)
-    if body.cancelled:
-        queue.finish(session, job.id, "cancelled", worker_id, job.attempts, "stopped by its worker on request")
-        return {"status": "cancelled"}
-    return {"status": queue.fail_attempt(session, job, worker_id, body.error, body.retryable)}
+def post_failure(
+    worker_id: str, job_id: str, body: AttemptFailure, session: SessionDep, queue: QueueDep, who: WorkerAuth
+) -> dict:
+    _worker(session, worker_id, who)
+    try:
+        if body.cancelled:
+            return {"status": queue.stopped(job_id, worker_id, body.attempt)}
+        return {"status": queue.fail_attempt(job_id, worker_id, body.attempt, body.error, body.retryable)}
+    except LeaseLost as err:
+        raise _lost(err) from None

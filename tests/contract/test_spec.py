@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from profiler.methods_grammar import parse_method
-from profiler.spec import JobSpec
+from contract.methods import parse_method
+from contract.spec import JobSpec
 
 MINIMAL = json.loads((Path(__file__).parents[1] / "data" / "minimal_spec.json").read_text())
 

@@ -7,17 +7,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from .methods_grammar import parse_method
-from .zoo_names import FAMILIES, PRESETS, PRETRAINED
-
-MEASUREMENTS = ("peak_memory", "max_batch_size", "throughput", "fidelity", "convergence")
+from .measurements import MEASUREMENTS
+from .methods import parse_method
+from .presets import FAMILIES, PRESETS, PRETRAINED
 
 # Bounds on what one spec may ask for. Every list and string a client sends has one, so neither
 # validating a spec nor running it can grow without limit; a larger study is several jobs.
 MAX_METHODS = 32
 MAX_BATCH_SIZES = 64
 MAX_BATCH = 1_000_000
-MAX_MEASUREMENTS = 16  # five kinds; repeats are dropped, so a little slack
+MAX_MEASUREMENTS = 16  # repeats are dropped, so a little slack over the registry's size
 MAX_NAME = 64  # method names land in a 64-character database column
 MAX_OVERRIDES = 64
 MAX_EXAMPLES = 10_000_000  # GLUE SST-2 has 67k rows
@@ -165,7 +164,7 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        per_batch = {"peak_memory", "throughput", "fidelity"} & set(self.measurements)
+        per_batch = [m for m in self.measurements if MEASUREMENTS[m].per_batch]
         if per_batch and not self.batch_sizes:
             raise ValueError(f"measurements {sorted(per_batch)} need batch_sizes (a list of positive integers)")
         if "convergence" in self.measurements:
@@ -174,8 +173,6 @@ class JobSpec(Strict):
                     f"measurement 'convergence' fine-tunes real pretrained weights with their tokenizer; "
                     f"model {self.model_name!r} has none. Models with weights: {sorted(PRETRAINED)}"
                 )
-            if self.device == "estimate":
-                raise ValueError("device 'estimate' runs no kernels, so it cannot train; use device 'cpu' or 'cuda'")
             if self.dtype == "bf16-weights":
                 raise ValueError(
                     "measurement 'convergence' does not support dtype 'bf16-weights'; "
@@ -188,16 +185,12 @@ class JobSpec(Strict):
                     f"methods {untraceable} read tensor values on the host (peft VeLoRA), which FakeTensorMode "
                     "cannot trace; profile them on device 'cpu' or 'cuda'"
                 )
-            if "throughput" in self.measurements:
-                raise ValueError(
-                    "device 'estimate' traces without running kernels, so it cannot measure throughput; "
-                    "drop 'throughput' or use device 'cpu'/'cuda'"
-                )
-            if "fidelity" in self.measurements:
-                raise ValueError(
-                    "device 'estimate' has no tensor values, so it cannot measure fidelity; "
-                    "drop 'fidelity' or use device 'cpu'/'cuda'"
-                )
+            for name in self.measurements:
+                if not MEASUREMENTS[name].estimate:
+                    raise ValueError(
+                        f"device 'estimate' {MEASUREMENTS[name].why_not_estimate}; "
+                        f"drop {name!r} or use device 'cpu'/'cuda'"
+                    )
             if self.target_memory_gb is None and "max_batch_size" in self.measurements:
                 raise ValueError("device 'estimate' with max_batch_size needs target_memory_gb (e.g. 80)")
         if self.device == "cpu" and self.target_memory_gb is None and "max_batch_size" in self.measurements:

@@ -1,0 +1,97 @@
+"""Jobs: submit, read (or 404), list with a filter, cancel, re-run, and the public view that joins
+a job with its stored rows. Queue transitions go through `JobQueue`; this module owns the rest of
+a job's record (its columns, its outcome, its rows)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import HTTPException, status
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobEvent, ResultRow
+from app.queue import JobQueue
+from app.schemas import JobPublic, JobSummary
+from app.services.filters import Filter, Page
+from app.services.results import outcome_fields
+from contract.spec import JobSpec
+
+
+def create(session: Session, queue: JobQueue, spec: JobSpec, who: str, priority: int, max_attempts: int) -> Job:
+    job_id = uuid.uuid4().hex[:12]
+    queue.enqueue(
+        job_id,
+        spec.model_dump(mode="json"),
+        actor=who,
+        priority=priority,
+        max_attempts=max_attempts,
+        model=spec.model_name,
+        device=spec.device,
+        dtype=spec.dtype,
+        submitted_by=who,
+    )
+    return get_or_404(session, job_id)
+
+
+def get_or_404(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+    return job
+
+
+def count(session: Session, f: Filter) -> int:
+    return session.execute(select(func.count()).select_from(Job).where(*f.jobs_where())).scalar_one()
+
+
+def listed(session: Session, f: Filter, page: Page) -> list[Job]:
+    """Newest first."""
+    query = select(Job).where(*f.jobs_where()).order_by(Job.created_at.desc(), Job.id)
+    return list(session.execute(query.limit(page.limit).offset(page.offset)).scalars())
+
+
+def models(session: Session) -> list[str]:
+    return sorted(session.execute(select(Job.model).distinct()).scalars())
+
+
+def events(session: Session, job_id: str) -> list[JobEvent]:
+    get_or_404(session, job_id)
+    return list(session.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).scalars())
+
+
+def cancel(session: Session, queue: JobQueue, job_id: str, who: str) -> Job:
+    """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat."""
+    get_or_404(session, job_id)
+    queue.cancel(job_id, who)
+    session.flush()
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def rerun(session: Session, queue: JobQueue, job_id: str, who: str, max_attempts: int) -> Job:
+    """A new job with the old one's spec and priority, checked against today's bounds."""
+    old = get_or_404(session, job_id)
+    try:
+        spec = JobSpec.model_validate(old.spec)
+    except ValidationError as err:  # stored before a bound it breaks was added
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"job {job_id}'s spec is no longer valid ({problems}); submit a new one",
+        ) from None
+    job = create(session, queue, spec, who, old.priority, max_attempts)
+    queue.record(job.id, "rerun_of", who, detail=old.id)
+    return job
+
+
+def public(session: Session, job: Job) -> JobPublic:
+    """The job with its rows, as `GET /api/jobs/{id}` returns it and the job page reads it."""
+    rows = session.execute(select(ResultRow.data).where(ResultRow.job_id == job.id).order_by(ResultRow.id)).scalars()
+    return JobPublic(
+        **JobSummary.model_validate(job).model_dump(),
+        spec=job.spec,
+        cancel_requested=job.cancel_requested,
+        results=list(rows),
+        **outcome_fields(job),
+    )

@@ -1,0 +1,182 @@
+"""Result rows: saving a worker's rows, querying them across jobs, and the one comparison of
+methods that the API and the compare page share.
+
+The comparison rule: for each (model, mode, dtype, method, batch) the latest stored row (the
+highest id, chosen in SQL, so no page of rows has to be pulled first), and its ratios to the
+baseline method's latest row at the same (model, mode, dtype, batch). OOM rows are kept (an OOM
+is a measurement: the page shows "OOM") but have no ratio, nor does any row whose baseline is
+missing, OOM or lacks the number."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from app.models import Job, ResultRow
+from app.services.filters import Filter, Page
+from app.timestamps import iso_utc
+from contract.results import JobRows
+
+# the flat columns of a row, as the query, the CSV and JSON exports give them
+COLUMNS = (
+    "job_id",
+    "model",
+    "method",
+    "batch_size",
+    "mode",
+    "dtype",
+    "peak_bytes",
+    "first_step_peak_bytes",
+    "activation_bytes",
+    "tokens_per_s",
+    "oom",
+    "error",
+    "device_name",
+    "created_at",
+)
+
+
+def save(session: Session, job_id: str, result: JobRows) -> None:
+    """A finished attempt's rows: the trial rows in their own table (queried across jobs), the
+    other lists and the environment as the job's outcome. Whether the job succeeded is the
+    queue's to say (`JobQueue.complete`)."""
+    job = session.get(Job, job_id)
+    device_name = result.environment.device_name if result.environment else None
+    for row in result.results:
+        session.add(
+            ResultRow(
+                job_id=job.id,
+                model=job.model,
+                method=row.method,
+                batch_size=row.batch_size,
+                mode=row.mode,
+                dtype=job.dtype,
+                peak_bytes=row.peak_bytes,
+                first_step_peak_bytes=row.first_step_peak_bytes,
+                activation_bytes=row.activation_bytes,
+                tokens_per_s=row.tokens_per_s,
+                oom=row.oom,
+                error=row.error,
+                device_name=device_name,
+                data=row.model_dump(mode="json", exclude_unset=True),
+            )
+        )
+    job.outcome = result.model_dump(mode="json", exclude_unset=True, exclude={"results"})
+    job.progress = 1.0
+
+
+def outcome_fields(job: Job) -> dict:
+    """The stored outcome as `JobRows` fields (all but the trial rows, which have their table)."""
+    fields = JobRows.model_fields.keys() - {"results"}
+    return {k: v for k, v in (job.outcome or {}).items() if k in fields and v is not None}
+
+
+# --- queries across jobs ---
+
+
+def _ordered(stmt, f: Filter, page: Page):
+    newest_first = stmt.where(*f.rows_where()).order_by(ResultRow.created_at.desc(), ResultRow.id.desc())
+    return newest_first.limit(page.limit).offset(page.offset)
+
+
+def flat_rows(conn: Connection | Session, f: Filter, page: Page) -> list[dict]:
+    """The flat columns as plain dicts (timestamps as text): no ORM objects, no JSON blob."""
+    stmt = _ordered(select(*(getattr(ResultRow, c) for c in COLUMNS)), f, page)
+    return [{**r, "created_at": iso_utc(r["created_at"])} for r in conn.execute(stmt).mappings()]
+
+
+# PostgreSQL's own JSON for a timestamptz follows the session's time zone ("+02:00"); write the
+# API's one format instead, dropping a zero fraction as Python's isoformat does.
+_PG_ISO = "replace(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '.000000Z', 'Z')"
+_PG_PAGE = (
+    "SELECT coalesce(json_agg(json_build_object("
+    + ", ".join(f"'{c}', {_PG_ISO.format(c=c) if c == 'created_at' else c}" for c in COLUMNS)
+    + ") ORDER BY created_at DESC, id DESC)::text, '[]') FROM (SELECT id, "
+    + ", ".join(COLUMNS)
+    + " FROM results WHERE {where} ORDER BY created_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s) AS page"
+)
+
+
+def rows_json(conn: Connection, f: Filter, page: Page) -> str:
+    """`flat_rows` as a JSON array. On PostgreSQL the database writes the JSON and the SQL goes
+    to the driver as text: building SQLAlchemy expressions and a Python object per row were
+    most of this endpoint's CPU time (benchmarks/RESULTS.md). Elsewhere Python does it."""
+    if conn.dialect.name != "postgresql":
+        return json.dumps(flat_rows(conn, f, page))
+    where, params = f.rows_sql()
+    sql = _PG_PAGE.format(where=where)
+    return conn.exec_driver_sql(sql, {**params, "limit": page.limit, "offset": page.offset}).scalar_one()
+
+
+def models(session: Session) -> list[str]:
+    """Models that have results."""
+    return sorted(session.execute(select(ResultRow.model).distinct()).scalars())
+
+
+def methods(session: Session, model: str | None) -> list[str]:
+    return sorted(session.execute(select(ResultRow.method).where(ResultRow.model == model).distinct()).scalars())
+
+
+def largest_batch_rows(session: Session, f: Filter, metric: str, batch_size: int | None = None) -> list[ResultRow]:
+    """One row per (job, method) for a history: the largest batch it measured `metric` at (or
+    `batch_size`), oldest first. OOM rows are no point on a memory or speed curve."""
+    where = [*f.rows_where(), getattr(ResultRow, metric).is_not(None), ResultRow.oom.is_(False)]
+    if batch_size:
+        where.append(ResultRow.batch_size == batch_size)
+    largest = (
+        select(ResultRow.job_id, ResultRow.method, func.max(ResultRow.batch_size).label("batch"))
+        .where(*where)
+        .group_by(ResultRow.job_id, ResultRow.method)
+        .subquery()
+    )
+    on = (ResultRow.job_id == largest.c.job_id) & (ResultRow.method == largest.c.method)
+    stmt = select(ResultRow).join(largest, on & (ResultRow.batch_size == largest.c.batch)).where(*where)
+    return list(session.execute(stmt.order_by(ResultRow.created_at, ResultRow.id)).scalars())
+
+
+# --- the comparison ---
+
+KEY = (ResultRow.model, ResultRow.mode, ResultRow.dtype, ResultRow.method, ResultRow.batch_size)
+
+
+def latest(session: Session, f: Filter) -> list[ResultRow]:
+    """The latest row per (model, mode, dtype, method, batch) among those `f` selects."""
+    newest = select(func.max(ResultRow.id)).where(*f.rows_where()).group_by(*KEY)
+    return list(session.execute(select(ResultRow).where(ResultRow.id.in_(newest))).scalars())
+
+
+def _ratio(numerator, denominator) -> float | None:
+    return numerator / denominator if numerator and denominator else None
+
+
+@dataclass(frozen=True)
+class Compared:
+    row: ResultRow
+    baseline: ResultRow | None  # the baseline method's latest row at the same key and batch
+
+    @property
+    def comparable(self) -> bool:
+        return self.baseline is not None and not self.row.oom and not self.baseline.oom
+
+    @property
+    def memory_ratio(self) -> float | None:
+        """Baseline peak / this peak: how many times less memory than the baseline."""
+        return _ratio(self.baseline.peak_bytes, self.row.peak_bytes) if self.comparable else None
+
+    @property
+    def speed_ratio(self) -> float | None:
+        """This tokens/s / the baseline's."""
+        return _ratio(self.row.tokens_per_s, self.baseline.tokens_per_s) if self.comparable else None
+
+
+def compare(session: Session, f: Filter, baseline: str) -> list[Compared]:
+    """The latest rows `f` selects, each with the baseline's, ordered by (model, mode, dtype,
+    method, batch). The baseline must be among the methods `f` selects to be found."""
+    rows = latest(session, f)
+    by_key = {(r.model, r.mode, r.dtype, r.method, r.batch_size): r for r in rows}
+    out = [Compared(r, by_key.get((r.model, r.mode, r.dtype, baseline, r.batch_size))) for r in rows]
+    return sorted(out, key=lambda c: (c.row.model, c.row.mode, c.row.dtype, c.row.method, c.row.batch_size))

@@ -1,0 +1,305 @@
+"""The job page's figures, one function per chart, and `JOB_CHARTS`, the names the measurement
+registry (`contract/measurements.py`) uses for them. They read the contract's typed rows."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+from contract.rows import CATEGORIES, ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
+
+from .charts import (
+    BREAKDOWN_COLORS,
+    BREAKDOWN_ORDER,
+    NO_GRADIENT,
+    NOT_APPLICABLE,
+    RED,
+    _accuracy_range,
+    _axis,
+    _batch_axis,
+    _digits,
+    _layout,
+    _line,
+    _memory_axis,
+    _styles,
+    memory_text,
+    memory_unit,
+)
+
+
+def _by_method(rows: list[TrialRow]) -> dict[str, list[TrialRow]]:
+    out: dict[str, list[TrialRow]] = {}
+    for r in sorted(rows, key=lambda r: r.batch_size):
+        out.setdefault(r.method, []).append(r)
+    return out
+
+
+def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str) -> dict:
+    styles = _styles(r.method for r in rows)
+    unit, size = memory_unit(max([r.peak_bytes or 0 for r in rows] + [device_bytes or 0]))
+    data = []
+    for method, rs in _by_method(rows).items():
+        ok = [r for r in rs if not r.oom and r.peak_bytes]
+        xs, ys = [r.batch_size for r in ok], [r.peak_bytes / size for r in ok]
+        data.append(_line(method, xs, ys, legendgroup=method, **styles[method]))
+        oom = [r for r in rs if r.oom]
+        if oom:
+            y = [(r.peak_bytes or device_bytes or 0) / size for r in oom]
+            marker = {"symbol": "x", "size": 12, "color": RED}
+            xs = [r.batch_size for r in oom]
+            data.append(_line(f"{method} (OOM)", xs, y, mode="markers", marker=marker, legendgroup=method))
+    shapes = []
+    if device_bytes:
+        y = device_bytes / size
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": y,
+                "y1": y,
+                "line": {"dash": "dash", "color": "#888"},
+                "label": {"text": "device memory", "textposition": "start", "font": {"size": 11, "color": "#666"}},
+            }
+        )
+    label = {"estimate": " (estimated)", "cpu": " (measured)", "cuda": " (measured)"}.get(mode, "")
+    return {
+        "data": data,
+        "layout": _layout(
+            f"Peak memory vs batch size{label}",
+            _batch_axis(r.batch_size for r in rows),
+            _memory_axis("peak memory", unit),
+            shapes=shapes,
+            hovermode="x unified",
+        ),
+    }
+
+
+def max_batch_bars(max_batch: list[MaxBatchRow]) -> dict:
+    base = next((m.max_batch_size for m in max_batch if m.method == "full"), None)
+    text = [f"{m.max_batch_size / base:.2f}x full" if base else "" for m in max_batch]
+    styles = _styles(m.method for m in max_batch)
+    bar = {
+        "type": "bar",
+        "x": [m.method for m in max_batch],
+        "y": [m.max_batch_size for m in max_batch],
+        "text": text,
+        "textposition": "outside",
+        "cliponaxis": False,
+        "marker": {"color": [styles[m.method]["marker"]["color"] for m in max_batch]},
+        "name": "max batch",
+    }
+    largest = max((m.max_batch_size for m in max_batch), default=0)
+    # whole batch sizes only: below 10 plotly's automatic step would be 0.5
+    count = _axis("largest batch size", rangemode="tozero", tickformat="d", **({"dtick": 1} if largest <= 10 else {}))
+    return {"data": [bar], "layout": _layout("Largest batch that fits", _axis("method"), count, showlegend=False)}
+
+
+def throughput(rows: list[TrialRow]) -> dict:
+    styles = _styles(r.method for r in rows)
+    data = []
+    for method, rs in _by_method(rows).items():
+        ok = [r for r in rs if r.tokens_per_s]
+        if ok:
+            data.append(_line(method, [r.batch_size for r in ok], [r.tokens_per_s for r in ok], **styles[method]))
+    speed = _axis("throughput (tokens/s)", rangemode="tozero", tickformat=".3~s", hoverformat=",.0f")
+    return {
+        "data": data,
+        "layout": _layout(
+            "Throughput vs batch size", _batch_axis(r.batch_size for r in rows), speed, hovermode="x unified"
+        ),
+    }
+
+
+def breakdown(rows: list[TrialRow]) -> dict:
+    """Horizontal stacked bars per method at the largest batch every method ran without OOM, the
+    activations labelled at each bar's end, and every category's value in the companion table."""
+    fine = [r for r in rows if r.breakdown and not r.oom]
+    common = None
+    for rs in _by_method(fine).values():
+        sizes = {r.batch_size for r in rs}
+        common = sizes if common is None else common & sizes
+    batch = max(common) if common else None
+    picked = {r.method: r.breakdown for r in fine if r.batch_size == batch}
+    methods = list(picked)
+    totals = {m: sum(picked[m].get(c, 0) for c in CATEGORIES) for m in methods}
+    unit, size = memory_unit(max(totals.values(), default=0))
+    data = [
+        {
+            "type": "bar",
+            "orientation": "h",
+            "name": c.replace("_", " "),
+            "y": methods,
+            "x": [picked[m].get(c, 0) / size for m in methods],
+            "marker": {"color": BREAKDOWN_COLORS[c], "line": {"color": "#fff", "width": 0.5}},
+            "hovertemplate": f"%{{x:.4~r}} {unit}",
+        }
+        for c in BREAKDOWN_ORDER
+    ]
+    # the activations' value at each bar's end: readable even where the segment is a pixel wide
+    notes = [
+        {
+            "x": totals[m] / size,
+            "y": m,
+            "xanchor": "left",
+            "showarrow": False,
+            "text": f" activations {memory_text(picked[m].get('activations', 0))}"
+            f" ({picked[m].get('activations', 0) / (totals[m] or 1):.0%})",
+            "font": {"size": 11, "color": BREAKDOWN_COLORS["activations"]},
+        }
+        for m in methods
+    ]
+    widest = max(totals.values(), default=0) / size
+    xaxis = _memory_axis("memory at the peak", unit, range=[0, 1.6 * widest or 1])
+    yaxis = _axis("", autorange="reversed")  # the first method on top, as in the legend of the other charts
+    table = {
+        "columns": ["method", *(c.replace("_", " ") for c in BREAKDOWN_ORDER), "total"],
+        "rows": [
+            [m, *(memory_text(picked[m].get(c, 0)) for c in BREAKDOWN_ORDER), memory_text(totals[m])] for m in methods
+        ],
+    }
+    title = f"Memory at the peak, batch {batch}" if batch else "Memory at the peak"
+    layout = _layout(
+        title,
+        xaxis,
+        yaxis,
+        barmode="stack",
+        annotations=notes,
+        # under the axis title, at the foot of the figure: beside the plot it took the labels' room
+        legend={
+            "orientation": "h",
+            "x": 0,
+            "xref": "paper",
+            "y": 0,
+            "yref": "container",
+            "yanchor": "bottom",
+            "traceorder": "normal",
+        },
+        margin={"t": 76, "l": 90, "r": 20, "b": 110},
+    )
+    return {"data": data, "layout": layout, "table": table}
+
+
+def fidelity_na(row: FidelityRow) -> bool:
+    """True where the exact weight gradient is zero (LoRA's frozen base weight): the old profiler
+    form has exact_norm 1e-30 and relative_error 0.0, the new one nulls."""
+    norm = row.exact_norm
+    return row.relative_error is None or norm is None or norm < NO_GRADIENT
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _fidelity_summary(method: str, rows: list[FidelityRow]) -> list[str]:
+    defined = [r for r in rows if not fidelity_na(r)]
+    na = len(rows) - len(defined)
+    layers = f"{len(rows)} ({na} N/A)" if na else str(len(rows))
+    if not defined:
+        return [method, str(rows[0].batch_size), layers, *[NOT_APPLICABLE] * 4]
+    stats = [
+        _mean([r.relative_error for r in defined]),
+        max(r.relative_error for r in defined),
+        _mean([r.relative_bias or 0 for r in defined]),
+        _mean([r.relative_variance or 0 for r in defined]),
+    ]
+    return [method, str(rows[0].batch_size), layers, *map(_digits, stats)]
+
+
+def fidelity(rows: list[FidelityRow]) -> dict:
+    """Relative error of the sampled weight gradient per layer; layers where it is undefined are gaps
+    in the line, named in the legend and the table, never points at 0."""
+    data, table = [], []
+    for method, style in _styles(r.method for r in rows).items():
+        rs = [r for r in rows if r.method == method]
+        layers = [r.layer.split(".", 2)[-1] if r.layer.count(".") > 4 else r.layer for r in rs]
+        errors = [None if fidelity_na(r) else r.relative_error for r in rs]
+        na = errors.count(None)
+        name = f"{method}: {NOT_APPLICABLE}" if na == len(rs) else f"{method} ({na} layers N/A)" if na else method
+        data.append(_line(name, layers, errors, **style))
+        table.append(_fidelity_summary(method, rs))
+    columns = [
+        "method",
+        "batch",
+        "layers",
+        "mean relative error",
+        "worst layer",
+        "mean relative bias",
+        "mean relative variance",
+    ]
+    return {
+        "data": data,
+        "layout": _layout(
+            "Weight-gradient relative error per layer (sampled vs exact)",
+            _axis("layer", tickangle=-45),
+            _axis("relative error", rangemode="tozero", hoverformat=".3~r"),
+            hovermode="x unified",
+        ),
+        "table": {"columns": columns, "rows": table},
+    }
+
+
+def loss_curves(rows: list[ConvergenceRow], window: int = 10) -> dict:
+    """Training loss per method on one pair of axes (a trailing mean over `window` steps: per-step
+    losses of small batches are mostly batch noise), plus the held-out loss at each epoch end."""
+    styles = _styles(r.method for r in rows)
+    data = []
+    for r in rows:
+        style = styles[r.method]
+        losses = r.losses
+        sums = [0.0, *itertools.accumulate(losses)]
+        smooth = [(sums[n] - sums[max(0, n - window)]) / min(n, window) for n in range(1, len(losses) + 1)]
+        steps = list(range(1, len(losses) + 1))
+        data.append(_line(r.method, steps, smooth, mode="lines", legendgroup=r.method, line=style["line"]))
+        evals = r.evals
+        data.append(
+            _line(
+                f"{r.method} (held-out)",
+                [e.step for e in evals],
+                [e.loss for e in evals],
+                mode="markers",
+                legendgroup=r.method,
+                marker=style["marker"] | {"size": style["marker"]["size"] + 1},
+            )
+        )
+    layout = _layout(f"Training loss (mean of {window} steps)", _axis("step"), _axis("loss"), hovermode="x unified")
+    return {"data": data, "layout": layout}
+
+
+def accuracy_vs_memory(rows: list[ConvergenceRow]) -> dict:
+    styles = _styles(r.method for r in rows)
+    unit, size = memory_unit(max((r.peak_bytes for r in rows), default=0))
+    data = [
+        _line(
+            r.method,
+            [r.peak_bytes / size],
+            [100 * r.accuracy],
+            mode="markers+text",
+            text=[f"{r.method} {100 * r.accuracy:.1f}%"],
+            textposition="top center",
+            marker=styles[r.method]["marker"] | {"size": 12},
+        )
+        for r in rows
+    ]
+    widest = max((r.peak_bytes for r in rows), default=0) / size
+    # memory from zero, with room right of the last point for its label
+    xaxis = _memory_axis("peak memory, measured", unit, range=[0, 1.2 * widest or 1])
+    yaxis = _axis("held-out accuracy (%)", ticksuffix="%", range=_accuracy_range([100 * r.accuracy for r in rows]))
+    return {"data": data, "layout": _layout("Held-out accuracy vs peak memory", xaxis, yaxis, showlegend=False)}
+
+
+def _throughput(job, device_bytes):
+    return throughput(job.results) if any(r.tokens_per_s for r in job.results) else None
+
+
+# name -> figure of a job (its results and environment) and the device's memory in bytes, or None
+JOB_CHARTS: dict[str, Callable] = {
+    "memory": lambda job, device_bytes: memory_vs_batch(job.results, device_bytes, job.device),
+    "breakdown": lambda job, device_bytes: breakdown(job.results),
+    "throughput": _throughput,
+    "max_batch": lambda job, device_bytes: max_batch_bars(job.max_batch),
+    "fidelity": lambda job, device_bytes: fidelity(job.fidelity),
+    "loss": lambda job, device_bytes: loss_curves(job.convergence),
+    "accuracy": lambda job, device_bytes: accuracy_vs_memory(job.convergence),
+}

@@ -1,0 +1,130 @@
+"""The rows a job produces, one pydantic model per kind. The runner builds them, the worker posts
+them, the API validates them with these same models, the store and the charts read their fields.
+
+Rows keep unknown fields (`extra="allow"`): a newer worker may report more than this server
+knows, and a stored row stays readable after a field is added. What a field means is in its
+description, which is also what `/docs` shows."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["cuda", "cpu", "estimate"]
+# Where a byte of a training step's memory belongs. The tracker fills these; the charts stack them.
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "other")
+Bytes = int | None
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Probe(BaseModel):
+    batch_size: int
+    fits: bool
+    peak_bytes: Bytes = Field(None, description="None when the probe ran out of memory")
+    reason: str = ""
+
+
+class TrialRow(Row):
+    """One (method, batch size): memory of a few training steps, and their speed when asked for."""
+
+    method: str
+    batch_size: int
+    seq_len: int | None = None
+    mode: Mode
+    measured: bool = Field(True, description="False for an estimate (FakeTensorMode trace)")
+    oom: bool = False
+    oom_message: str | None = None
+    error: str | None = None
+    estimate_device: str | None = Field(None, description="estimate mode: the device model the trace assumed")
+    peak_bytes: Bytes = Field(None, description="peak allocated over the run, optimizer steps included")
+    first_step_peak_bytes: Bytes = Field(None, description="peak of the first step, before optimizer state exists")
+    activation_bytes: Bytes = Field(None, description="bytes saved for backward in the first step")
+    tracked_peak_bytes: Bytes = None
+    reserved_bytes: Bytes = Field(None, description="cuda: peak reserved by the caching allocator")
+    workspace_bytes: Bytes = Field(None, description="estimate on a CUDA model: cuBLAS workspaces in the peaks")
+    process_device_bytes: Bytes = None
+    breakdown: dict[str, int] | None = Field(None, description=f"bytes at the run's peak by {CATEGORIES}")
+    first_step_breakdown: dict[str, int] | None = None
+    step_time_s: float | None = Field(None, description="median over the timed steps, after warm-up")
+    step_time_min_s: float | None = None
+    step_time_max_s: float | None = None
+    tokens_per_s: float | None = None
+    samples_per_s: float | None = None
+    timed_steps: int | None = None
+
+    @property
+    def fits(self) -> bool:
+        return not self.oom and not self.error and self.peak_bytes is not None
+
+
+class MaxBatchRow(Row):
+    method: str
+    max_batch_size: int = Field(description="0 when even batch 1 does not fit")
+    mode: Mode
+    seq_len: int | None = None
+    limit_bytes: float | None = None
+    headroom: float | None = None
+    capped_at_upper: bool = False
+    probes: list[Probe] = []
+
+
+class FidelityRow(Row):
+    """One replaced layer: the sampled weight gradient against the exact one on the same batch."""
+
+    method: str
+    batch_size: int
+    layer: str
+    relative_error: float | None = None
+    relative_bias: float | None = None
+    relative_variance: float | None = None
+    draws: int
+    exact_norm: float | None = None
+
+
+class Evaluation(BaseModel):
+    epoch: int
+    step: int
+    accuracy: float
+    loss: float
+
+
+class ConvergenceRow(Row):
+    """A real fine-tuning run of one method: loss curve, held-out accuracy, time and memory."""
+
+    method: str
+    mode: Mode
+    seed: int | None = None
+    measured: bool = True
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+    lr: float | None = None
+    losses: list[float] = []
+    evals: list[Evaluation] = []
+    accuracy: float | None = None
+    val_loss: float | None = None
+    train_time_s: float | None = None
+    tokens_per_s: float | None = None
+    peak_bytes: Bytes = None
+    peak_measured_over: str | None = None
+    data: str | None = Field(None, description="the TSV trained on, on the worker's disk")
+    train_examples: int | None = None
+    val_examples: int | None = None
+    norm_source: str | None = None
+    cache_bytes: Bytes = Field(None, description="the sampler's per-example norm cache")
+    cache_examples_seen: int | None = None
+
+
+class Environment(Row):
+    """What the rows were measured on."""
+
+    mode: Mode | None = None
+    device_name: str | None = None
+    device_total_bytes: int | None = None
+    torch_version: str | None = None
+    transformers_version: str | None = None

@@ -1,0 +1,258 @@
+"""Where saved memory goes: the bytes a first training step keeps for backward, by module and op.
+
+One forward and backward of a trial, in any mode (cuda, cpu, estimate under FakeTensorMode with
+the trial's CUDA kernel choices). The profiler's `SavedTensorCounter` sees every saved tensor
+through its saved-tensor hook (hooks do not nest, so it is the one hook, and it forwards to the
+storage tracker as in `measure_memory`); this subclass also records, for each storage it counts,
+the module whose forward was running and the op that saved it. Each storage is counted once, by
+its first saver, exactly as `activation_bytes` counts it: the raw total equals that number.
+
+The op is the outermost torch function being executed when autograd saved the tensor (`linear`,
+`matmul`, `softmax`, `native_dropout`, `_scaled_dot_product_efficient_attention`, ...; a
+TorchFunctionMode, which works under FakeTensorMode too), or, for a custom autograd Function,
+the Function's class (`WTACRSLinearFn`, ...; a `torch.library` custom op's name, `wtacrs::linear`,
+for the Function torch generates for its autograd), whose tensors autograd packs from
+inside `Function.apply`, where no torch function is running; `checkpoint_inputs` for what
+gradient checkpointing keeps of a region (its inputs; what the region saves is recomputed).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import sys
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from wtacrs.memory import SavedTensorCounter
+
+from .tracker import StorageTracker
+
+MIB = 2**20
+TOP_MODULES = 200
+TOP_OPS = 50
+TOP_GROUPS = 50
+OTHER = "(other)"
+OUTSIDE = "<top>"  # saved while no module's forward was running (SavedTensorCounter's name)
+_APPLY = torch.autograd.Function.apply.__func__.__code__
+
+
+class _OutermostFunction(TorchFunctionMode):
+    """Which torch function is being executed (nested calls run with the mode off: outermost)."""
+
+    def __init__(self):
+        super().__init__()
+        self.current: str | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        outer, self.current = self.current, _name(func)
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.current = outer
+
+
+_TORCH_FUNCTION = _OutermostFunction.__torch_function__.__code__
+_GENERATED = "GeneratedBackwardFor_"
+_CHECKPOINT = os.path.join("torch", "utils", "checkpoint.py")
+
+
+def _name(func) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    return name.split(".")[0] if "." in name and not name.startswith(".") else name
+
+
+def _saver_from_frames(depth: int = 4) -> str | None:
+    """Who packs tensors outside any torch function: a custom autograd Function's `apply` (its
+    class), or torch.utils.checkpoint saving a checkpointed region's inputs."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None or frame.f_code is _TORCH_FUNCTION:
+            return None
+        if frame.f_code is _APPLY:
+            return _function_name(frame)
+        if frame.f_code.co_filename.endswith(_CHECKPOINT):
+            return "checkpoint_inputs"
+        frame = frame.f_back
+    return None
+
+
+def _function_name(apply_frame) -> str:
+    """A custom Function's class name; for a torch.library custom op's generated Function
+    (GeneratedBackwardFor_<ns>_<op>_<overload>) the op's name, read from its autograd kernel."""
+    cls = apply_frame.f_locals.get("cls")
+    name = cls.__name__ if cls is not None else "Function"
+    if name.startswith(_GENERATED):
+        caller = apply_frame.f_back
+        for _ in range(3):  # autograd_impl, or a supports_tensorlist wrapper first
+            if caller is None:
+                break
+            op = caller.f_locals.get("op")
+            if isinstance(op, torch._ops.OpOverload):
+                return f"{op._namespace}::{op._opname}"
+            caller = caller.f_back
+        return name[len(_GENERATED) :].removesuffix("_default")
+    return name.lstrip("_")
+
+
+class AttributingCounter(SavedTensorCounter):
+    """A SavedTensorCounter that also keeps, per counted storage, (module path, op, bytes)."""
+
+    def __init__(self, model: torch.nn.Module, on_pack=None):
+        super().__init__(model, on_pack=on_pack)
+        self.records: list[tuple[str, str, int]] = []
+        self._ops = _OutermostFunction()
+
+    def _pack(self, t: torch.Tensor):
+        before = self.total
+        out = super()._pack(t)
+        if self.total != before:  # counted now: this storage's first saver
+            op = _saver_from_frames() or self._ops.current or "(unknown)"
+            self.records.append((self._stack[-1] if self._stack else OUTSIDE, op, self.total - before))
+        return out
+
+    @contextlib.contextmanager
+    def track(self):
+        with super().track(), self._ops:
+            yield self
+
+
+def _block(nbytes: int, block: int) -> int:
+    return -(-nbytes // block) * block
+
+
+def _top(counter: dict[str, int], n: int) -> dict[str, int]:
+    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = dict(ranked[:n])
+    rest = sum(v for _, v in ranked[n:])
+    if rest:
+        out[OTHER] = out.get(OTHER, 0) + rest
+    return out
+
+
+def summarise(records, model: torch.nn.Module, block: int = 1, top: int = TOP_MODULES) -> dict:
+    """Records (module, op, raw bytes) as the bounded, JSON-ready tables of `attribute`."""
+    types = {name: type(m).__name__ for name, m in model.named_modules()}
+    per_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    ops: collections.Counter = collections.Counter()
+    groups: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    raw = 0
+    for module, op, nbytes in records:
+        b = _block(nbytes, block)
+        raw += nbytes
+        per_module[module][op] += b
+        ops[op] += b
+        groups[re.sub(r"\.\d+(?=\.|$)", ".*", module)][op] += b
+    ranked = sorted(per_module.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    modules = [
+        {"module": name, "type": types.get(name, ""), "bytes": sum(c.values()), "ops": _top(c, TOP_OPS)}
+        for name, c in ranked[:top]
+    ]
+    rest: collections.Counter = collections.Counter()
+    for _, c in ranked[top:]:
+        rest.update(c)
+    if rest:
+        modules.append({"module": OTHER, "type": "", "bytes": sum(rest.values()), "ops": _top(rest, TOP_OPS)})
+    grouped = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    return {
+        "total_bytes": sum(ops.values()),
+        "raw_bytes": raw,
+        "block_bytes": block,
+        "modules": modules,
+        "module_count": len(per_module),
+        "ops": _top(ops, TOP_OPS),
+        "groups": [
+            {"module": name, "bytes": sum(c.values()), "ops": _top(c, TOP_OPS)} for name, c in grouped[:TOP_GROUPS]
+        ],
+    }
+
+
+def attribute(trial, mode: str, method: str = "", top: int = TOP_MODULES) -> dict:
+    """One first training step of `trial` (a `measure.Trial`), its saved bytes by module and op.
+
+    `mode` is the trial's: "cuda", "cpu" or "estimate" (then build the trial under FakeTensorMode
+    and call this inside it; `trial.kernels` says which CUDA device's kernels the trace follows and
+    its allocator block, which the bytes are rounded to). Returns a JSON-serialisable dict:
+    method, batch_size, mode, [estimate_device], total_bytes (sum over modules, rounded to
+    block_bytes), raw_bytes (the same storages unrounded: the trial row's activation_bytes),
+    peak_activation_bytes (those of them still alive at the step's peak: the breakdown's
+    activations), modules (the `top` largest, then an "(other)" entry; each with module path,
+    type, bytes, ops {op: bytes}), module_count, ops {op: bytes}, and groups (module paths with
+    layer indices folded, e.g. encoder.block.*.layer.0.SelfAttention).
+    The step leaves gradients behind, as `forward_backward` does; the optimizer does not step.
+    """
+    block = trial.kernels.round_bytes if trial.kernels else 1
+    tracker = StorageTracker(block=block)
+    counter = AttributingCounter(trial.model, on_pack=tracker.saved)
+    with tracker.watch(trial.model, trial.optimizer):
+        tracker.reset_peak()
+        trial.forward_backward(counter)
+    out = {
+        "method": method,
+        "batch_size": _batch_size(trial.batch),
+        "mode": mode,
+    }
+    if trial.kernels:
+        out["estimate_device"] = trial.kernels.name
+    out.update(summarise(counter.records, trial.model, block, top))
+    out["peak_activation_bytes"] = tracker.peak_breakdown()["activations"]
+    return out
+
+
+def _batch_size(batch: dict) -> int | None:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.dim():
+            return int(v.shape[0])
+    return None
+
+
+def attribute_spec(spec, method: str, batch_size: int) -> dict:
+    """`attribute` for one (method, batch size) of a JobSpec, in the spec's device mode."""
+    from contract.methods import parse_method
+
+    from .cuda_model import SM90
+    from .measure import build_trial, free_cached, release
+
+    kernels = SM90 if spec.device == "estimate" and spec.estimate_device == SM90.name else None
+    device = torch.device("cuda" if spec.device == "cuda" else "cpu")
+    trial = None
+    if spec.device == "estimate":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        context = FakeTensorMode(allow_non_fake_inputs=True)
+    else:
+        context = contextlib.nullcontext()
+    try:
+        with context as fake_mode:
+            trial = build_trial(spec, parse_method(method), batch_size, device, fake_mode, kernels)
+            return attribute(trial, spec.device, method)
+    finally:
+        release(trial)
+        del trial
+        free_cached()
+
+
+def format_table(attribution: dict, top: int = 20, ops_per_row: int = 3) -> str:
+    """A plain-text table for the CLI: module, MiB, its largest ops."""
+    rows = attribution["modules"][:top]
+    width = max([len(_label(r["module"])) for r in rows] + [6])
+    head = (
+        f"saved for backward: {attribution['method'] or '?'} batch {attribution['batch_size']} ({attribution['mode']})"
+    )
+    lines = [head, f"{'module':<{width}}  {'MiB':>9}  top ops"]
+    for r in rows:
+        ops = sorted(r["ops"].items(), key=lambda kv: (-kv[1], kv[0]))[:ops_per_row]
+        text = ", ".join(f"{op} {b / MIB:.1f}" for op, b in ops)
+        lines.append(f"{_label(r['module']):<{width}}  {r['bytes'] / MIB:>9.1f}  {text}")
+    shown = sum(r["bytes"] for r in rows)
+    if len(attribution["modules"]) > len(rows):
+        lines.append(f"{'(rest)':<{width}}  {(attribution['total_bytes'] - shown) / MIB:>9.1f}")
+    lines.append(f"{'total':<{width}}  {attribution['total_bytes'] / MIB:>9.1f}")
+    return "\n".join(lines)
+
+
+def _label(module: str) -> str:
+    return module if module else "<root>"

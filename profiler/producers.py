@@ -1,0 +1,70 @@
+"""Which code produces each measurement's rows: the profiler's half of the measurement registry
+(`contract/measurements.py` is the other). A producer yields lists of rows, one list per unit of
+progress, and says how many units it will yield."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from contract.measurements import MEASUREMENTS
+from contract.methods import Method
+from contract.rows import Row
+from contract.spec import JobSpec
+
+Tick = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Producer:
+    run: Callable[[JobSpec, Method, Tick], Iterator[list[Row]]]
+    units: Callable[[JobSpec, Method], int]
+
+
+def _trials(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
+    from . import trials
+
+    for b in spec.batch_sizes:
+        yield [trials.trial_row(spec, method, b)]
+
+
+def _max_batch(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
+    from . import trials
+
+    yield [trials.max_batch_row(spec, method)]
+
+
+def _fidelity(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
+    from . import trials
+
+    if method.sampler is not None:  # an exact method's gradient has no sampling error to measure
+        yield trials.fidelity_rows(spec, method, min(spec.batch_sizes))
+
+
+def _convergence(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
+    from . import trials
+    from .convergence import convergence_row
+
+    yield [convergence_row(spec, method, trials.device_for(spec), tick)]
+
+
+_TRIALS = Producer(_trials, lambda spec, method: len(spec.batch_sizes))
+# peak_memory and throughput share one producer: a trial row carries both, and runs once
+PRODUCERS: dict[str, Producer] = {
+    "peak_memory": _TRIALS,
+    "throughput": _TRIALS,
+    "max_batch_size": Producer(_max_batch, lambda spec, method: 1),
+    "fidelity": Producer(_fidelity, lambda spec, method: int(method.sampler is not None)),
+    # a tick per epoch, then the row
+    "convergence": Producer(_convergence, lambda spec, method: spec.convergence.epochs + 1),
+}
+
+
+def producers_for(spec: JobSpec) -> list[tuple[str, Producer]]:
+    """(result field, producer) for what the spec asks, each producer once, in registry order."""
+    out: list[tuple[str, Producer]] = []
+    for name, measurement in MEASUREMENTS.items():
+        producer = PRODUCERS[name]
+        if name in spec.measurements and all(p is not producer for _, p in out):
+            out.append((measurement.field, producer))
+    return out
