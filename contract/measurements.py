@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .rows import ConvergenceRow, FidelityRow, MaxBatchRow, Row, TrialRow
+from .rows import AttributionRow, ConvergenceRow, FidelityRow, MaxBatchRow, Row, TrialRow
 
 Unit = Literal["text", "int", "mib", "kib", "rate", "percent", "seconds", "digits", "flag"]
 
@@ -59,12 +59,29 @@ MEASUREMENTS: dict[str, Measurement] = {
             per_batch=True,
         ),
         Measurement(
+            "memory_attribution",
+            "attribution",
+            AttributionRow,
+            "at the largest batch size: the first step's saved activations by module and by op",
+            (
+                Column("method", "method"),
+                Column("batch", "batch_size", "int"),
+                Column("mode", "mode"),
+                Column("saved MiB", "total_bytes", "mib"),
+                Column("modules", "module_count", "int"),
+                Column("oom", "oom", "flag"),
+                Column("error", "error"),
+            ),
+            ("attribution",),
+            per_batch=True,
+        ),
+        Measurement(
             "throughput",
             "results",
             TrialRow,
             "step time and tokens/s per (method, batch size), after warm-up",
             _TRIAL_COLUMNS,
-            ("throughput",),
+            ("throughput", "frontier"),
             per_batch=True,
             estimate=False,
             why_not_estimate="traces without running kernels, so it cannot measure throughput",

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .rows import ConvergenceRow, Environment, FidelityRow, MaxBatchRow, TrialRow
+from .rows import AttributionRow, ConvergenceRow, Environment, FidelityRow, MaxBatchRow, TrialRow
 
 MAX_ERRORS = 1000
 MAX_ROWS = 100_000  # 64 batch sizes x 32 methods is 2048 trial rows; fidelity has one per layer
@@ -37,6 +37,7 @@ class JobRows(BaseModel):
     max_batch: list[MaxBatchRow] = Field(default_factory=list, max_length=MAX_ROWS)
     fidelity: list[FidelityRow] = Field(default_factory=list, max_length=MAX_ROWS)
     convergence: list[ConvergenceRow] = Field(default_factory=list, max_length=MAX_ROWS)
+    attribution: list[AttributionRow] = Field(default_factory=list, max_length=MAX_ROWS)
     environment: Environment | None = None
     errors: list[str] = Field(default_factory=list, max_length=MAX_ERRORS)
 

@@ -120,6 +120,35 @@ class ConvergenceRow(Row):
     cache_examples_seen: int | None = None
 
 
+class ModuleBytes(BaseModel):
+    module: str = Field(description="module path in the model ('' is the model itself)")
+    type: str = ""
+    bytes: int
+    ops: dict[str, int] = Field(default_factory=dict, description="bytes by the op that saved them")
+
+
+class AttributionRow(Row):
+    """Where the first training step's saved activations live: bytes alive for backward, by module
+    path and by the op that saved them (each storage counted once, for its first saver)."""
+
+    method: str
+    batch_size: int
+    mode: Mode
+    oom: bool = False
+    error: str | None = None
+    estimate_device: str | None = None
+    total_bytes: Bytes = Field(None, description="sum over modules, each storage rounded to the allocator block")
+    raw_bytes: Bytes = Field(None, description="the same storages unrounded: the trial row's activation_bytes")
+    block_bytes: int | None = None
+    peak_activation_bytes: Bytes = Field(None, description="of them, alive at the step's peak")
+    module_count: int | None = None
+    modules: list[ModuleBytes] = Field(default_factory=list, description="largest first, then '(other)'")
+    ops: dict[str, int] = Field(default_factory=dict)
+    groups: list[ModuleBytes] = Field(
+        default_factory=list, description="module paths with layer indices folded (encoder.block.*.layer.0...)"
+    )
+
+
 class Environment(Row):
     """What the rows were measured on."""
 

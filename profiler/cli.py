@@ -54,6 +54,12 @@ def print_table(result: JobResult) -> None:
         out_console.print(table)
     for m in result.max_batch:
         out_console.print(f"max batch {m.method}: {m.max_batch_size} ({len(m.probes)} probes)")
+    if any(a.modules for a in result.attribution):
+        from .attribution import format_table
+
+        for a in result.attribution:
+            if a.modules:
+                out_console.print(format_table(a.model_dump(), top=15), markup=False, highlight=False)
     for e in result.errors:
         console.print(f"[red]{e.splitlines()[0]}[/red]")
 

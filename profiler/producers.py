@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from contract.measurements import MEASUREMENTS
 from contract.methods import Method
-from contract.rows import Row
+from contract.rows import AttributionRow, Row
 from contract.spec import JobSpec
 
 Tick = Callable[[str], None]
@@ -34,6 +34,23 @@ def _max_batch(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]
     yield [trials.max_batch_row(spec, method)]
 
 
+def _attribution(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
+    from . import trials
+    from .attribution import attribute_spec
+
+    batch = max(spec.batch_sizes)  # where memory matters most among the sizes asked for
+    row: dict = {"method": method.name, "batch_size": batch, "mode": spec.device}
+    try:
+        row = attribute_spec(spec, method.name, batch)
+    except Exception as err:  # as for a trial: an OOM is a measurement, anything else this row's error
+        if trials.is_oom(err):
+            row["oom"] = True
+        else:
+            row["error"] = f"{type(err).__name__}: {err}"
+    trials.free_cached()
+    yield [AttributionRow.model_validate(row)]
+
+
 def _fidelity(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
     from . import trials
 
@@ -53,6 +70,7 @@ _TRIALS = Producer(_trials, lambda spec, method: len(spec.batch_sizes))
 PRODUCERS: dict[str, Producer] = {
     "peak_memory": _TRIALS,
     "throughput": _TRIALS,
+    "memory_attribution": Producer(_attribution, lambda spec, method: 1),
     "max_batch_size": Producer(_max_batch, lambda spec, method: 1),
     "fidelity": Producer(_fidelity, lambda spec, method: int(method.sampler is not None)),
     # a tick per epoch, then the row

@@ -21,7 +21,7 @@ GIB = 2**30
 FIDELITY_DRAWS = 8
 
 
-def _is_oom(err: BaseException) -> bool:
+def is_oom(err: BaseException) -> bool:
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
@@ -86,7 +86,7 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
             tokens = batch_size * spec.seq_len
             row.update(measure_throughput(trial, spec, tokens, batch_size))
     except Exception as err:  # an OOM is a measurement; anything else is this row's error
-        if _is_oom(err):
+        if is_oom(err):
             row["oom"] = True
             row["oom_message"] = str(err).split("\n")[0][:300]
         else:

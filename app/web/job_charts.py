@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from contract.rows import CATEGORIES, ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
+from contract.rows import CATEGORIES, AttributionRow, ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
 
 from .charts import (
     BREAKDOWN_COLORS,
@@ -289,17 +289,123 @@ def accuracy_vs_memory(rows: list[ConvergenceRow]) -> dict:
     return {"data": data, "layout": _layout("Held-out accuracy vs peak memory", xaxis, yaxis, showlegend=False)}
 
 
+def frontier(rows: list[TrialRow]) -> dict | None:
+    """Peak memory against tokens/s, every (method, batch) measured: the points no other beats on
+    both axes are joined, so a user sees which method and batch to pick."""
+    ok = [r for r in rows if r.tokens_per_s and r.peak_bytes and not r.oom and not r.error]
+    if not ok:
+        return None
+    unit, size = memory_unit(max(r.peak_bytes for r in ok))
+    styles = _styles(r.method for r in ok)
+    data = []
+    for method, rs in _by_method(ok).items():
+        data.append(
+            _line(
+                method,
+                [r.peak_bytes / size for r in rs],
+                [r.tokens_per_s for r in rs],
+                mode="markers",
+                text=[f"batch {r.batch_size}" for r in rs],
+                hovertemplate=f"%{{text}}: %{{x:.4~r}} {unit}, %{{y:,.0f}} tokens/s",
+                marker=styles[method]["marker"] | {"size": 10},
+            )
+        )
+    best, fastest = [], -1.0
+    for r in sorted(ok, key=lambda r: (r.peak_bytes, -r.tokens_per_s)):
+        if r.tokens_per_s > fastest:  # faster than everything that needs less memory
+            best.append(r)
+            fastest = r.tokens_per_s
+    data.append(
+        _line(
+            "frontier",
+            [r.peak_bytes / size for r in best],
+            [r.tokens_per_s for r in best],
+            mode="lines",
+            line={"dash": "dot", "color": "#888", "shape": "hv"},
+            hoverinfo="skip",
+        )
+    )
+    table = {
+        "columns": ["on the frontier", "batch", "peak", "tokens/s"],
+        "rows": [[r.method, str(r.batch_size), memory_text(r.peak_bytes), f"{r.tokens_per_s:,.0f}"] for r in best],
+    }
+    xaxis = _memory_axis("peak memory", unit)
+    yaxis = _axis("throughput (tokens/s)", rangemode="tozero", tickformat=".3~s")
+    return {"data": data, "layout": _layout("Memory vs throughput", xaxis, yaxis), "table": table}
+
+
+def _group_label(path: str) -> str:
+    return path or "(model)"
+
+
+def attribution(rows: list[AttributionRow], top: int = 15) -> dict | None:
+    """Saved activations by module (layer indices folded, so 'encoder.block.*.layer.0.SelfAttention'
+    sums every encoder layer's), the largest first, a bar per method."""
+    fine = [r for r in rows if r.groups]
+    if not fine:
+        return None
+    largest: dict[str, int] = {}
+    for r in fine:
+        for g in r.groups:
+            largest[g.module] = max(largest.get(g.module, 0), g.bytes)
+    names = sorted(largest, key=lambda n: (-largest[n], n))[:top]
+    unit, size = memory_unit(max(largest.values()))
+    styles = _styles(r.method for r in fine)
+    data = []
+    for r in fine:
+        by = {g.module: g for g in r.groups}
+        data.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": r.method,
+                "y": [_group_label(n) for n in names],
+                "x": [by[n].bytes / size if n in by else 0 for n in names],
+                "text": [", ".join(list(by[n].ops)[:3]) if n in by else "" for n in names],
+                "hovertemplate": f"%{{x:.4~r}} {unit}<br>%{{text}}",
+                "marker": {"color": styles[r.method]["marker"]["color"]},
+            }
+        )
+    table = {
+        "columns": ["method", "batch", "saved for backward", "largest", "its share", "its top ops"],
+        "rows": [
+            [
+                r.method,
+                str(r.batch_size),
+                memory_text(r.total_bytes),
+                _group_label(r.groups[0].module),
+                f"{r.groups[0].bytes / (r.total_bytes or 1):.0%}",
+                ", ".join(f"{op} {memory_text(b)}" for op, b in list(r.groups[0].ops.items())[:3]),
+            ]
+            for r in fine
+        ],
+    }
+    layout = _layout(
+        f"Saved activations by module, first step, batch {fine[0].batch_size}",
+        _memory_axis("bytes saved for backward", unit),
+        _axis("", autorange="reversed", automargin=True),
+        barmode="group",
+        height=max(420, 60 + 22 * len(names) * max(1, len(fine)) // 2),
+        margin={"t": 76, "l": 20, "r": 20, "b": 60},
+    )
+    return {"data": data, "layout": layout, "table": table}
+
+
 def _throughput(job, device_bytes):
     return throughput(job.results) if any(r.tokens_per_s for r in job.results) else None
 
 
-# name -> figure of a job (its results and environment) and the device's memory in bytes, or None
+# name -> figure of a job (its results and environment) and the device's memory in bytes, or None;
+# in the order the job page lays them out
 JOB_CHARTS: dict[str, Callable] = {
     "memory": lambda job, device_bytes: memory_vs_batch(job.results, device_bytes, job.device),
-    "breakdown": lambda job, device_bytes: breakdown(job.results),
-    "throughput": _throughput,
     "max_batch": lambda job, device_bytes: max_batch_bars(job.max_batch),
+    "throughput": _throughput,
+    "breakdown": lambda job, device_bytes: breakdown(job.results),
+    "frontier": lambda job, device_bytes: frontier(job.results),
+    "attribution": lambda job, device_bytes: attribution(job.attribution),
     "fidelity": lambda job, device_bytes: fidelity(job.fidelity),
     "loss": lambda job, device_bytes: loss_curves(job.convergence),
     "accuracy": lambda job, device_bytes: accuracy_vs_memory(job.convergence),
 }
+WIDE_CHARTS = frozenset({"fidelity", "attribution"})  # a panel across the page

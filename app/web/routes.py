@@ -20,7 +20,7 @@ from app.services import jobs as job_service
 from app.services import results
 from app.services.filters import Filter, Page
 from app.web import charts, pivot
-from app.web.job_charts import JOB_CHARTS, memory_vs_batch
+from app.web.job_charts import JOB_CHARTS, WIDE_CHARTS, memory_vs_batch
 from contract.measurements import MEASUREMENTS
 from contract.results import JobStatus
 from contract.rows import TrialRow
@@ -100,6 +100,8 @@ def job_page(request: Request, job_id: str, session: SessionDep, _: Reader) -> H
         "job.html",
         job=job,
         figures=json.dumps(figures),
+        panels=list(JOB_CHARTS),
+        wide=WIDE_CHARTS,
         spec=json.dumps(job.spec, indent=2),
         environment=json.dumps(env, indent=2),
     )

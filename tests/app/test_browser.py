@@ -87,6 +87,19 @@ FIDELITY = [
     }
     for i, layer in enumerate(LAYERS)
 ]
+ATTRIBUTION = [
+    {
+        "method": m,
+        "batch_size": 64,
+        "mode": "cpu",
+        "total_bytes": int((2 + 3 * f) * 2**30),
+        "groups": [
+            {"module": "transformer.h.*.mlp", "bytes": int(3 * f * 2**30), "ops": {"linear": int(3 * f * 2**30)}},
+            {"module": "transformer.h.*.attn", "bytes": 2 * 2**30, "ops": {"sdpa": 2 * 2**30}},
+        ],
+    }
+    for m, f in (("full", 1.0), ("wtacrs@0.3", 0.33))
+]
 CONVERGENCE = [
     {
         "method": m,
@@ -143,7 +156,7 @@ def site(tmp_path_factory):
 
         spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {"batch_sizes": [8, 16, 32, 64]}
         max_batch = [{"method": m, "max_batch_size": n, "mode": "cpu"} for m, n in (("full", 48), ("wtacrs@0.3", 140))]
-        job_id = finish(spec, {"results": ROWS, "max_batch": max_batch})
+        job_id = finish(spec, {"results": ROWS, "max_batch": max_batch, "attribution": ATTRIBUTION})
         spec = json.loads((ROOT / "examples" / "accuracy-minilm-sst2.json").read_text())
         convergence_id = finish(spec, {"convergence": CONVERGENCE})
         spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {
@@ -199,10 +212,12 @@ def assert_titles_clear_of_the_modebar(page, charts):
 def test_job_page_draws_its_charts(site):
     page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
     page.goto(f"{site['url']}/jobs/{site['job_id']}")
-    for chart in ("memory", "max_batch", "throughput", "breakdown"):
+    for chart in ("memory", "max_batch", "throughput", "breakdown", "frontier", "attribution"):
         page.wait_for_selector(f"#chart-{chart} .main-svg", timeout=15000)
         assert page.locator(f"#chart-{chart} .trace").count() > 0, chart
     assert page.locator("#chart-memory .legendtext", has_text="full (OOM)").count() == 1
+    assert "transformer.h.*.mlp" in page.inner_text("#table-attribution")
+    assert page.locator("#table-frontier tr").count() >= 2
     assert "succeeded" in page.locator("#status").inner_text()
     assert ticks(page, "memory", "x") == ["8", "16", "32", "64"]  # log2 spacing, a tick per size run
     assert ticks(page, "memory", "y")[0] == "0"

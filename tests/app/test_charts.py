@@ -5,7 +5,7 @@ import json
 import pytest
 
 from app.web import charts, job_charts
-from contract.rows import ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
+from contract.rows import AttributionRow, ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
 
 MIB, GIB = 2**20, 2**30
 
@@ -207,3 +207,36 @@ def test_accuracy_axis_is_not_zoomed_onto_seed_noise():
 )
 def test_memory_text(n, text):
     assert charts.memory_text(n) == text
+
+
+def test_frontier_joins_only_the_points_nothing_beats_on_both_axes():
+    rs = [
+        TrialRow(method="full", batch_size=8, mode="cuda", peak_bytes=10 * GIB, tokens_per_s=1000.0),
+        TrialRow(method="ckpt", batch_size=8, mode="cuda", peak_bytes=3 * GIB, tokens_per_s=700.0),
+        TrialRow(method="lora", batch_size=8, mode="cuda", peak_bytes=9 * GIB, tokens_per_s=1200.0),
+        TrialRow(method="slow", batch_size=8, mode="cuda", peak_bytes=6 * GIB, tokens_per_s=500.0),  # beaten by ckpt
+        TrialRow(method="oom", batch_size=16, mode="cuda", oom=True),
+    ]
+    fig = job_charts.frontier(rs)
+    line = fig["data"][-1]
+    assert line["name"] == "frontier" and line["x"] == [3, 9]  # ckpt, then lora; full and slow are beaten
+    assert [row[0] for row in fig["table"]["rows"]] == ["ckpt", "lora"]
+    assert job_charts.frontier([TrialRow(method="full", batch_size=2, mode="estimate", peak_bytes=GIB)]) is None
+
+
+def test_attribution_bars_the_largest_modules_per_method():
+    def row(method, attention, linear):
+        groups = [
+            {"module": "encoder.block.*.SelfAttention", "bytes": attention, "ops": {"matmul": attention}},
+            {"module": "encoder.block.*.wo", "bytes": linear, "ops": {"linear": linear}},
+        ]
+        groups.sort(key=lambda g: -g["bytes"])
+        total = attention + linear
+        return AttributionRow(method=method, batch_size=100, mode="estimate", total_bytes=total, groups=groups)
+
+    fig = job_charts.attribution([row("full", 3 * GIB, 4 * GIB), row("wtacrs@0.3", 3 * GIB, GIB)])
+    full, sampled = fig["data"]
+    assert full["y"] == ["encoder.block.*.wo", "encoder.block.*.SelfAttention"]  # largest first
+    assert full["x"] == [4, 3] and sampled["x"] == [1, 3]
+    assert fig["table"]["rows"][1][3:5] == ["encoder.block.*.SelfAttention", "75%"]
+    assert job_charts.attribution([AttributionRow(method="full", batch_size=1, mode="cpu", oom=True)]) is None

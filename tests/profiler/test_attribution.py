@@ -147,11 +147,13 @@ def test_format_table():
     text = format_table(out, top=5)
     lines = text.splitlines()
     assert lines[0].startswith("saved for backward: full batch 4 (estimate)")
-    assert lines[1].split()[:3] == ["module", "MiB", "top"]
+    assert lines[1].split()[:3] == ["module", "KiB", "top"]  # a tiny model's bytes in KiB, not 0.0 MiB
     assert len(lines) == 2 + 5 + 2  # header, 5 modules, the rest, the total
     top = out["modules"][0]
-    assert lines[2].startswith(top["module"]) and f"{top['bytes'] / 2**20:.1f}" in lines[2]
-    assert lines[-1].split()[0] == "total" and float(lines[-1].split()[1]) == round(out["total_bytes"] / 2**20, 1)
+    assert lines[2].startswith(top["module"]) and f"{top['bytes'] / 2**10:.1f}" in lines[2]
+    assert lines[-1].split()[0] == "total" and float(lines[-1].split()[1]) == round(out["total_bytes"] / 2**10, 1)
+    big = {**out, "total_bytes": 20 * 2**20}
+    assert format_table(big, top=5).splitlines()[1].split()[1] == "MiB"
     assert "<root>" in format_table(out, top=100)  # the loss, saved by the model itself
 
 
