@@ -105,6 +105,18 @@ def _transformers_model(model: nn.Module):
     return None
 
 
+def _attention_configs(model: nn.Module) -> list:
+    """Every config an attention module reads. A seq2seq model's stacks hold their own copies (T5's
+    encoder and decoder deep-copy the top config), which `set_attn_implementation` on the top model
+    does not reach: without this T5 kept SDPA's math path and its L x L probabilities."""
+    configs = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            configs[id(config)] = config
+    return list(configs.values())
+
+
 def _advance(counter: list[int]) -> None:
     counter[0] += 1
 
@@ -147,8 +159,11 @@ def apply_wtacrs(model: nn.Module, config: WTACRSConfig | None = None) -> nn.Mod
     hf = _transformers_model(model)
     if config.attention == "memeff" and hf is not None:
         attention.register()
-        state["attn"] = (hf, hf.config._attn_implementation)
+        configs = _attention_configs(model)
+        state["attn"] = (hf, hf.config._attn_implementation, [(c, c._attn_implementation) for c in configs])
         hf.set_attn_implementation(attention.NAME)
+        for c in configs:
+            c._attn_implementation = attention.NAME
     setattr(model, _STATE, state)
     return model
 
@@ -165,8 +180,10 @@ def remove_wtacrs(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, original)
     if state["attn"] is not None:
-        hf, previous = state["attn"]
+        hf, previous, configs = state["attn"]
         hf.set_attn_implementation(previous)
+        for c, implementation in configs:
+            c._attn_implementation = implementation
     delattr(model, _STATE)
     return model
 
