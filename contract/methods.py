@@ -18,6 +18,8 @@ EXAMPLES = [
     "crs@0.3",
     "topk@0.3",
     "lora+checkpointing",
+    "wtacrs@0.3+checkpointing",
+    "lora+wtacrs@0.1+checkpointing",
 ]
 _SAMPLER = re.compile(r"^(wtacrs|crs|topk)@([0-9]*\.?[0-9]+)$")
 
