@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     # KiB; a worker's result (rows per method and batch, loss curves) can reach several MiB.
     max_body_bytes: int = Field(2**20, ge=1024)
     max_result_bytes: int = Field(32 * 2**20, ge=1024)
+    # Jobs one token may have queued or running at once, so one client cannot fill the queue for
+    # everyone (a 429 says so). The admin token is exempt: it is the operator's. 0: no limit.
+    max_queued_per_token: int = Field(100, ge=0)
 
 
 @lru_cache

@@ -24,6 +24,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr)
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> Any:
     """`value` when its JSON is short; otherwise the first `limit` characters of that JSON and '…'.
     The encoder is lazy, so a 600 000-item list costs as much as its first few items."""
+    if isinstance(value, (bytes, bytearray)):  # a body that is not UTF-8: pydantic quotes the bytes
+        value = bytes(value[: limit * 4]).decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value if len(value) <= limit else value[:limit] + "…"
     size = 0

@@ -16,10 +16,44 @@ from app.queue import JobQueue
 from app.schemas import JobPublic, JobSummary
 from app.services.filters import Filter, Page
 from app.services.results import outcome_fields
+from contract.results import JobStatus
 from contract.spec import JobSpec
 
+UNFINISHED = (JobStatus.queued, JobStatus.running)
 
-def create(session: Session, queue: JobQueue, spec: JobSpec, who: str, priority: int, max_attempts: int) -> Job:
+
+def unfinished_by(session: Session, who: str) -> int:
+    """Jobs submitted by this token that are queued or running."""
+    query = select(func.count()).select_from(Job).where(Job.submitted_by == who, Job.status.in_(UNFINISHED))
+    return session.execute(query).scalar_one()
+
+
+def check_quota(session: Session, who: str, limit: int) -> None:
+    """429 when `who` already has `limit` jobs queued or running (0: no limit). Checked at
+    submission, so two submissions racing at the limit may both pass: a bound, not an exact count."""
+    if limit <= 0:
+        return
+    waiting = unfinished_by(session, who)
+    if waiting >= limit:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"token {who!r} has {waiting} jobs queued or running; the limit is {limit} per token "
+            "(WTACRS_MAX_QUEUED_PER_TOKEN). Wait for some to finish, or cancel some, then submit again",
+            headers={"Retry-After": "60"},
+        )
+
+
+def create(
+    session: Session,
+    queue: JobQueue,
+    spec: JobSpec,
+    who: str,
+    priority: int,
+    max_attempts: int,
+    quota: int = 0,
+) -> Job:
+    """A queued job. `quota`: the most unfinished jobs `who` may have (0: no limit)."""
+    check_quota(session, who, quota)
     job_id = uuid.uuid4().hex[:12]
     queue.enqueue(
         job_id,
@@ -69,7 +103,7 @@ def cancel(session: Session, queue: JobQueue, job_id: str, who: str) -> Job:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def rerun(session: Session, queue: JobQueue, job_id: str, who: str, max_attempts: int) -> Job:
+def rerun(session: Session, queue: JobQueue, job_id: str, who: str, max_attempts: int, quota: int = 0) -> Job:
     """A new job with the old one's spec and priority, checked against today's bounds."""
     old = get_or_404(session, job_id)
     try:
@@ -80,7 +114,7 @@ def rerun(session: Session, queue: JobQueue, job_id: str, who: str, max_attempts
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"job {job_id}'s spec is no longer valid ({problems}); submit a new one",
         ) from None
-    job = create(session, queue, spec, who, old.priority, max_attempts)
+    job = create(session, queue, spec, who, old.priority, max_attempts, quota)
     queue.record(job.id, "rerun_of", who, detail=old.id)
     return job
 

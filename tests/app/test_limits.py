@@ -66,7 +66,10 @@ def test_a_worker_result_may_be_larger_than_a_spec(make):
     assert client.post(f"/api/workers/{w}/claim", headers=auth()).json()["job_id"] == job_id
     path = f"/api/workers/{w}/jobs/{job_id}/result"
     losses = [0.123456789] * 400_000  # a long loss curve: about 5 MB of JSON
-    big = {"attempt": 1, "result": {"results": [], "convergence": [{"method": "full", "mode": "cpu", "losses": losses}]}}
+    big = {
+        "attempt": 1,
+        "result": {"results": [], "convergence": [{"method": "full", "mode": "cpu", "losses": losses}]},
+    }
     assert client.post(path, json=big).status_code == 401  # no token: refused before reading it
     assert client.post(path, json=big, headers=auth()).status_code == 204
     assert len(client.get(f"/api/jobs/{job_id}").json()["convergence"][0]["losses"]) == 400_000
@@ -111,6 +114,18 @@ def test_huge_bodies_are_refused_fast_with_a_short_error(make):
         for error in r.json()["detail"]:
             assert set(error) == {"type", "loc", "msg", "input"}
             assert len(json.dumps(error["input"])) < 300
+
+
+@pytest.mark.parametrize("body", [b"\x80", b'{"model": "\xff\xfe"}', b"\xff" * 5000])
+def test_a_body_that_is_not_utf8_is_422_not_500(make, body):
+    """Found by the stateful fuzzing (issue #16): the error quoted the raw bytes and failed to encode them."""
+    client = make()
+    r, _ = post_spec(client, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["type"] in ("json_invalid", "utf8_type", "model_type") and len(r.content) < 4000
+    w = client.post("/api/workers/register", json={"name": "w"}, headers=auth()).json()["id"]
+    r = client.post(f"/api/workers/{w}/jobs/x/result", content=body, headers={**JSON, **auth()})  # its JsonBody too
+    assert r.status_code == 422, r.text
 
 
 def test_unknown_keys_are_one_error_however_many(make):
@@ -245,3 +260,42 @@ def test_healthz_keeps_answering_while_abusive_bodies_are_refused(live_server):
     for status, took, size in outcomes.values():
         assert status in (413, 422) and took < 1.0 and size < 4000, report
     assert len(latencies) > 10 and worst < 0.1, f"/healthz took {worst * 1000:.0f} ms at worst\n{report}"
+
+
+# --- per-token queue limit and pagination bounds ---
+
+
+def test_one_token_cannot_fill_the_queue(make):
+    client = make(max_queued_per_token=3)
+    token = client.post("/api/tokens", json={"name": "busy", "role": "submit"}, headers=auth()).json()["token"]
+    ids = [post_spec(client, MINIMAL, headers=auth(token))[0].json()["id"] for _ in range(3)]
+    r, _ = post_spec(client, MINIMAL, headers=auth(token))
+    assert r.status_code == 429 and r.headers["retry-after"] == "60", r.text
+    assert "token 'busy' has 3 jobs queued or running; the limit is 3 per token" in r.json()["detail"]
+    assert client.post(f"/api/jobs/{ids[0]}/rerun", headers=auth(token)).status_code == 429  # a re-run is a job
+    assert client.get("/api/jobs", params={"status": "queued"}).json()["total"] == 3  # nothing was queued
+    # the admin token is the operator's: exempt
+    assert all(post_spec(client, MINIMAL)[0].status_code == 201 for _ in range(4))
+    # a cancelled or finished job no longer counts
+    assert client.post(f"/api/jobs/{ids[0]}/cancel", headers=auth(token)).json()["status"] == "cancelled"
+    assert post_spec(client, MINIMAL, headers=auth(token))[0].status_code == 201
+    assert post_spec(client, MINIMAL, headers=auth(token))[0].status_code == 429
+    # 0 turns the limit off
+    unlimited = make(max_queued_per_token=0)
+    assert post_spec(unlimited, MINIMAL, headers=auth(token))[0].status_code == 201
+
+
+@pytest.mark.parametrize(
+    "path,params,message",
+    [
+        ("/api/jobs", {"limit": 501}, "less than or equal to 500"),
+        ("/api/jobs", {"limit": 0}, "greater than or equal to 1"),
+        ("/api/jobs", {"offset": -1}, "greater than or equal to 0"),
+        ("/api/results", {"limit": 100_001}, "less than or equal to 100000"),
+        ("/api/results/export", {"limit": 100_001}, "less than or equal to 100000"),
+        ("/api/results", {"offset": 10**10}, "less than or equal to 1000000000"),
+    ],
+)
+def test_pages_are_bounded_and_the_error_says_the_bound(make, path, params, message):
+    r = make().get(path, params=params)
+    assert r.status_code == 422 and message in r.text, r.text

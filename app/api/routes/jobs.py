@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from app.api.bodies import JsonBody
-from app.api.deps import QueueDep, Reader, SessionDep, SettingsDep, Submitter
+from app.api.deps import Principal, QueueDep, Reader, SessionDep, SettingsDep, Submitter
+from app.config import Settings
 from app.models import Job, JobEvent
 from app.schemas import EventPublic, JobList, JobPublic, JobSummary
 from app.services import jobs
@@ -19,7 +20,31 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 SPEC_BODY = JsonBody(JobSpec)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, openapi_extra=SPEC_BODY.openapi)
+# OpenAPI links: what a client (and schemathesis' stateful fuzzing) may do next with a job it got
+# back. Operation ids are FastAPI's, from the route functions' names and paths.
+_JOB_ID = {"job_id": "$response.body#/id"}
+JOB_LINKS = {
+    "GetJob": {"operationId": "read_job_api_jobs__job_id__get", "parameters": _JOB_ID},
+    "GetJobEvents": {"operationId": "job_events_api_jobs__job_id__events_get", "parameters": _JOB_ID},
+    "CancelJob": {"operationId": "cancel_job_api_jobs__job_id__cancel_post", "parameters": _JOB_ID},
+    "RerunJob": {"operationId": "rerun_job_api_jobs__job_id__rerun_post", "parameters": _JOB_ID},
+    "GetJobResults": {"operationId": "query_results_api_results_get", "parameters": _JOB_ID},
+    "ExportJobResults": {"operationId": "export_api_results_export_get", "parameters": _JOB_ID},
+}
+
+
+def _links(code: int) -> dict:
+    return {"responses": {str(code): {"description": "the job", "links": JOB_LINKS}}}
+
+
+def quota(who: Principal, settings: Settings) -> int:
+    """Unfinished jobs a caller may have: the admin token is the operator's and is exempt."""
+    return 0 if who.role == "admin" else settings.max_queued_per_token
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=JobPublic, openapi_extra=SPEC_BODY.openapi | _links(201)
+)
 def create_job(
     who: Submitter,  # first: dependencies run in order, so the body is read only for a valid token
     spec: Annotated[JobSpec, Depends(SPEC_BODY)],
@@ -29,7 +54,8 @@ def create_job(
     priority: int = Query(0, ge=-100, le=100),
 ) -> JobPublic:
     """Queue a profiling job. The body is the job spec itself (see the README)."""
-    return jobs.public(session, jobs.create(session, queue, spec, who.name, priority, settings.max_attempts))
+    job = jobs.create(session, queue, spec, who.name, priority, settings.max_attempts, quota(who, settings))
+    return jobs.public(session, job)
 
 
 @router.get("", response_model=JobList)
@@ -58,12 +84,16 @@ def job_events(job_id: str, session: SessionDep, _: Reader) -> list[JobEvent]:
     return jobs.events(session, job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobSummary)
+@router.post("/{job_id}/cancel", response_model=JobSummary, openapi_extra=_links(200))
 def cancel_job(job_id: str, session: SessionDep, queue: QueueDep, who: Submitter) -> Job:
     """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat."""
     return jobs.cancel(session, queue, job_id, who.name)
 
 
-@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post(
+    "/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobPublic, openapi_extra=_links(201)
+)
 def rerun_job(job_id: str, session: SessionDep, queue: QueueDep, who: Submitter, settings: SettingsDep) -> JobPublic:
-    return jobs.public(session, jobs.rerun(session, queue, job_id, who.name, settings.max_attempts))
+    return jobs.public(
+        session, jobs.rerun(session, queue, job_id, who.name, settings.max_attempts, quota(who, settings))
+    )
