@@ -10,6 +10,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from contract.measurements import FIELDS
 from contract.methods import parse_method
@@ -65,7 +66,11 @@ def _child(spec_json: str, method_name: str, q) -> None:
     try:
         run_method(spec_json, method_name, q.put)
     except BaseException as err:  # report, then die: the parent records it against the method
-        q.put({"kind": "error", "data": f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}"})
+        # the user reads one line (what failed, and where); the traceback goes to the worker's log
+        traceback.print_exc(limit=8)
+        frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+        where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+        q.put({"kind": "error", "data": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}{where}"})
     q.put({"kind": "done"})
 
 

@@ -17,6 +17,7 @@ from contract.spec import JobSpec
 from .runner import run_job
 
 log = logging.getLogger("wtacrs.worker")
+POST_TRIES = 12  # about 4.5 minutes of backoff (capped at 30 s) for a server that is restarting
 
 
 class LeaseLost(Exception):
@@ -81,7 +82,8 @@ def run_claimed(api: Api, worker_id: str, claimed: dict, isolate: bool = True) -
     try:
         spec = JobSpec.model_validate(claimed["spec"])
     except ValidationError as err:  # a bad spec is final: retrying cannot fix it
-        api.post(f"{path}/fail", {"attempt": attempt, "error": f"invalid spec: {err}", "retryable": False})
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in err.errors()[:5])
+        api.post(f"{path}/fail", {"attempt": attempt, "error": f"invalid spec: {problems}", "retryable": False})
         return "failed"
     beat = Heartbeat(api, worker_id, job_id, attempt, every=max(0.2, claimed["lease_seconds"] / 4))
     beat.start()
@@ -97,25 +99,29 @@ def run_claimed(api: Api, worker_id: str, claimed: dict, isolate: bool = True) -
         beat.stopped.set()
         api.post(f"{path}/fail", {"attempt": attempt, "error": f"{type(err).__name__}: {err}", "retryable": True})
         return "retry"
-    finally:
-        beat.stopped.set()
-    if beat.lost:
-        log.warning("job %s attempt %s: lease lost, result discarded", job_id, attempt)
-        return "lost"
     try:
+        if beat.lost:
+            log.warning("job %s attempt %s: lease lost, result discarded", job_id, attempt)
+            return "lost"
         if result.status == JobStatus.cancelled:
             api.post(f"{path}/fail", {"attempt": attempt, "error": "cancelled", "retryable": False, "cancelled": True})
             return "cancelled"
-        for i in range(5):  # the result is the one thing not to lose
+        # the result is the one thing not to lose: the heartbeat keeps the lease while the server is
+        # away (a restart), so retrying for minutes does not hand the job to another worker meanwhile
+        for i in range(POST_TRIES):
+            if beat.lost:
+                return "lost"
             try:
                 api.post(f"{path}/result", {"attempt": attempt, "result": result.model_dump(mode="json")})
                 return result.status.value
             except (httpx.TransportError, RuntimeError) as err:
                 log.warning("posting result failed (%s), retrying", err)
-                time.sleep(2**i)
-        raise RuntimeError("could not post the result after 5 tries")
+                time.sleep(min(2**i, 30))
+        raise RuntimeError(f"could not post the result after {POST_TRIES} tries")
     except LeaseLost:
         return "lost"
+    finally:
+        beat.stopped.set()
 
 
 def serve_forever(
@@ -146,7 +152,11 @@ def serve_forever(
             continue
         claimed = r.json()
         log.info("running job %s (attempt %s)", claimed["job_id"], claimed["attempt"])
-        outcome = run_claimed(api, worker_id, claimed, isolate)
+        try:
+            outcome = run_claimed(api, worker_id, claimed, isolate)
+        except Exception as err:  # a worker outlives any one job; the lease hands an unfinished one on
+            log.exception("job %s: %s", claimed["job_id"], err)
+            outcome = "error"
         log.info("job %s: %s", claimed["job_id"], outcome)
         if once:
             return

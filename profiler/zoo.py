@@ -38,7 +38,11 @@ def build_config(model: str | ModelSpec, seq_len: int):
     if limit is not None:
         limit -= record.position_offset
     if limit is not None and seq_len > limit:
-        raise ValueError(f"seq_len={seq_len} exceeds this model's {limit} positions")
+        what = "max_position_embeddings" if hasattr(config, "max_position_embeddings") else "n_positions"
+        raise ValueError(
+            f"seq_len={seq_len} exceeds this model's {limit} positions; use seq_len <= {limit}, or a family "
+            f"with overrides {{{what!r}: {seq_len + record.position_offset}}}"
+        )
     return family, config
 
 
