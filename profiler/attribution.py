@@ -84,6 +84,8 @@ def _function_name(apply_frame) -> str:
     """A custom Function's class name; for a torch.library custom op's generated Function
     (GeneratedBackwardFor_<ns>_<op>_<overload>) the op's name, read from its autograd kernel."""
     cls = apply_frame.f_locals.get("cls")
+    if isinstance(getattr(cls, "op_name", None), str):  # a wtacrs custom op traced op by op (wtacrs/dispatch.py)
+        return cls.op_name
     name = cls.__name__ if cls is not None else "Function"
     if name.startswith(_GENERATED):
         caller = apply_frame.f_back

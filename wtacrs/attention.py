@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .dispatch import call, register_autograd
 from .savers import pack_bits, unpack_bits
 
 NAME = "wtacrs_memeff"
@@ -55,55 +56,149 @@ def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum(dims, keepdim=True) if dims else grad
 
 
-class _MemEffAttentionFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, mask, bias, scaling: float, p: float, causal: bool, groups: int):
-        kx, vx = _expand_kv(k, groups), _expand_kv(v, groups)
-        s = _scores(q, kx, scaling, mask, bias, causal)
-        lse = torch.logsumexp(s, dim=-1, keepdim=True)
-        probs = _probs(s, lse)
-        del s
-        bits = None
-        if p > 0.0:
-            keep = torch.rand_like(probs) >= p
-            probs = probs * keep * (1.0 / (1.0 - p))
-            bits = pack_bits(keep)
-        out = torch.matmul(probs.to(v.dtype), vx)
-        ctx.meta = (scaling, p, causal, groups, probs.shape, bias.shape if bias is not None else None)
-        dev = q.device.type
-        ctx.autocast = (dev, torch.get_autocast_dtype(dev), torch.is_autocast_enabled(dev))
-        ctx.save_for_backward(q, k, v, mask, bias, lse, bits)
-        return out
+def _attention_forward(q, k, v, mask, bias, scaling, p, causal, groups, out_dtype):
+    kx, vx = _expand_kv(k, groups), _expand_kv(v, groups)
+    s = _scores(q, kx, scaling, mask, bias, causal)
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    probs = _probs(s, lse)
+    del s
+    bits = q.new_empty(0, dtype=torch.uint8)
+    if p > 0.0:
+        keep = torch.rand_like(probs) >= p
+        probs = probs * keep * (1.0 / (1.0 - p))
+        bits = pack_bits(keep)
+    out = torch.matmul(probs.to(v.dtype), vx).to(out_dtype)
+    # [B, L, H, D], contiguous: the layout the model reads, with no transpose/copy ops after
+    return out.transpose(1, 2).contiguous(), lse, bits
+
+
+@torch.library.custom_op("wtacrs::memeff_attention", mutates_args=())
+def attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    scaling: float,
+    p: float,
+    causal: bool,
+    groups: int,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(out [B, L, H, D] in out_dtype, log-sum-exp [B, H, L, 1], dropout keep bits or [0])."""
+    return _attention_forward(q, k, v, mask, bias, scaling, p, causal, groups, out_dtype)
+
+
+@attention_op.register_fake
+def _(q, k, v, mask, bias, scaling, p, causal, groups, out_dtype):
+    b, h, lq, _ = q.shape
+    out = q.new_empty((b, lq, h, v.shape[-1]), dtype=out_dtype)
+    lse = q.new_empty((b, h, lq, 1), dtype=torch.promote_types(q.dtype, torch.float32))
+    bits = q.new_empty(-(-(b * h * lq * k.shape[2]) // 8) if p > 0.0 else 0, dtype=torch.uint8)
+    return out, lse, bits
+
+
+@torch.library.custom_op("wtacrs::memeff_attention_backward", mutates_args=())
+def attention_backward_op(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    lse: Tensor,
+    bits: Tensor,
+    scaling: float,
+    p: float,
+    causal: bool,
+    groups: int,
+    need_bias: bool,
+    autocast_device: str,
+    autocast_dtype: torch.dtype,
+    autocast_enabled: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_q, grad_k, grad_v, grad_bias or [0]), each in its input's dtype."""
+    # the forward's matmuls ran under the caller's autocast (their inputs may mix dtypes, as
+    # LLaMA's rotated fp32 q/k with a bf16 grad_out): backward runs under the same state, as
+    # torch.amp.custom_bwd does, for whichever device the tensors are on
+    with torch.autocast(autocast_device, dtype=autocast_dtype, enabled=autocast_enabled):
+        gq, gk, gv, gb = _attention_backward(
+            grad_out.transpose(1, 2), q, k, v, mask, bias, lse, bits, scaling, p, causal, groups, need_bias
+        )
+    return gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype), gb
+
+
+def _attention_backward(grad_out, q, k, v, mask, bias, lse, bits, scaling, p, causal, groups, need_bias):
+    kx, vx = _expand_kv(k, groups), _expand_kv(v, groups)
+    probs = _probs(_scores(q, kx, scaling, mask, bias, causal), lse)
+    grad_probs = torch.matmul(grad_out, vx.transpose(-1, -2)).to(probs.dtype)
+    dropped = probs
+    if p > 0.0:
+        keep = unpack_bits(bits, probs.shape).to(probs.dtype) * (1.0 / (1.0 - p))
+        dropped = probs * keep
+        grad_probs = grad_probs * keep
+    grad_v = torch.matmul(dropped.to(grad_out.dtype).transpose(-1, -2), grad_out)
+    grad_s = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
+    grad_q = torch.matmul(grad_s.to(q.dtype), kx) * scaling
+    grad_k = torch.matmul(grad_s.to(q.dtype).transpose(-1, -2), q) * scaling
+    grad_bias = q.new_empty(0)
+    if need_bias:
+        grad_bias = _reduce_to(grad_s, bias.shape).to(bias.dtype)
+    return grad_q, _reduce_kv(grad_k, groups), _reduce_kv(grad_v, groups), grad_bias
+
+
+@attention_backward_op.register_fake
+def _(grad_out, q, k, v, mask, bias, lse, bits, scaling, p, causal, groups, need_bias, *autocast):
+    grad_bias = torch.empty_like(bias) if need_bias else q.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_bias
+
+
+def _setup_attention(ctx, inputs, output):
+    q, k, v, mask, bias, scaling, p, causal, groups, _ = inputs
+    _, lse, bits = output
+    ctx.mark_non_differentiable(lse, bits)
+    ctx.set_materialize_grads(False)
+    ctx.meta = (scaling, p, causal, groups)
+    dev = q.device.type
+    ctx.autocast = (dev, torch.get_autocast_dtype(dev), torch.is_autocast_enabled(dev))
+    ctx.save_for_backward(q, k, v, mask, bias, lse, bits if p > 0.0 else None)
+
+
+def _attention_autograd(ctx, grad_out, _lse_grad, _bits_grad):
+    q, k, v, mask, bias, lse, bits = ctx.saved_tensors
+    if grad_out is None:
+        return (None,) * 10
+    need_bias = bias is not None and ctx.needs_input_grad[4]
+    bits = bits if bits is not None else lse.new_empty(0, dtype=torch.uint8)
+    grad_q, grad_k, grad_v, grad_bias = call(
+        attention_backward_op, grad_out, q, k, v, mask, bias, lse, bits, *ctx.meta, need_bias, *ctx.autocast
+    )
+    return (grad_q, grad_k, grad_v, None, grad_bias if need_bias else None) + (None,) * 5
+
+
+register_autograd(attention_op, _attention_autograd, _setup_attention)
+
+
+def _out_dtype(q: Tensor, v: Tensor) -> torch.dtype:
+    """The dtype the forward's last matmul gives under the caller's autocast state."""
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev) and v.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.get_autocast_dtype(dev)
+    return v.dtype
+
+
+def attention(q, k, v, mask=None, bias=None, scaling=1.0, p=0.0, causal=False, groups=1) -> Tensor:
+    """Exact attention, [B, H, L, D] in and [B, L, H, D] out."""
+    args = (q, k, v, mask, bias, float(scaling), float(p), bool(causal), int(groups), _out_dtype(q, v))
+    return call(attention_op, *args)[0]
+
+
+class _MemEffAttentionFn:
+    """The attention with its inputs' layout out ([B, H, L, D]), as a Function's `apply` is called."""
 
     @staticmethod
-    def backward(ctx, grad_out):
-        # the forward's matmuls ran under the caller's autocast (their inputs may mix dtypes, as
-        # LLaMA's rotated fp32 q/k with a bf16 grad_out): backward runs under the same state, as
-        # torch.amp.custom_bwd does, for whichever device the tensors are on
-        dev, dtype, enabled = ctx.autocast
-        with torch.autocast(dev, dtype=dtype, enabled=enabled):
-            return _MemEffAttentionFn._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out):
-        q, k, v, mask, bias, lse, bits = ctx.saved_tensors
-        scaling, p, causal, groups, pshape, bias_shape = ctx.meta
-        kx, vx = _expand_kv(k, groups), _expand_kv(v, groups)
-        probs = _probs(_scores(q, kx, scaling, mask, bias, causal), lse)
-        grad_probs = torch.matmul(grad_out, vx.transpose(-1, -2)).to(probs.dtype)
-        dropped = probs
-        if bits is not None:
-            keep = unpack_bits(bits, pshape).to(probs.dtype) * (1.0 / (1.0 - p))
-            dropped = probs * keep
-            grad_probs = grad_probs * keep
-        grad_v = torch.matmul(dropped.to(grad_out.dtype).transpose(-1, -2), grad_out)
-        grad_s = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
-        grad_q = torch.matmul(grad_s.to(q.dtype), kx) * scaling
-        grad_k = torch.matmul(grad_s.to(q.dtype).transpose(-1, -2), q) * scaling
-        grad_bias = None
-        if bias is not None and ctx.needs_input_grad[4]:
-            grad_bias = _reduce_to(grad_s, bias_shape).to(bias.dtype)
-        return (grad_q, _reduce_kv(grad_k, groups), _reduce_kv(grad_v, groups), None, grad_bias) + (None,) * 4
+    def apply(q, k, v, mask, bias, scaling, p, causal, groups):
+        return attention(q, k, v, mask, bias, scaling, p, causal, groups).transpose(1, 2)
 
 
 def memeff_attention(
@@ -132,8 +227,7 @@ def memeff_attention(
     p = float(dropout) if module.training else 0.0
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-1] != key.shape[-2]:
         attention_mask = attention_mask[..., : key.shape[-2]]
-    out = _MemEffAttentionFn.apply(query, key, value, attention_mask, position_bias, float(scaling), p, causal, groups)
-    return out.transpose(1, 2).contiguous(), None
+    return attention(query, key, value, attention_mask, position_bias, scaling, p, causal, groups), None
 
 
 def register() -> None:

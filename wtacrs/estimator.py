@@ -30,7 +30,9 @@ def _winners(p: Tensor, k: int):
     return order, slots < c, c
 
 
-def sampling_plan(weights: Tensor, k: int, method: str = "wta", generator: torch.Generator | None = None):
+def sampling_plan(
+    weights: Tensor, k: int, method: str = "wta", generator: torch.Generator | None = None, u: Tensor | None = None
+):
     """Pick k of n column-row pairs with probabilities proportional to `weights` (shape [n]).
 
     Returns (idx [k] int64, scale [k] float32) such that sum_s scale_s * a[:, idx_s] b[idx_s, :]
@@ -39,6 +41,7 @@ def sampling_plan(weights: Tensor, k: int, method: str = "wta", generator: torch
     wta: the |C| most probable pairs are kept exactly (scale 1); the other k - |C| slots are drawn
     with replacement from the remaining mass R and scaled by R / ((k - |C|) p_j). |C| minimises
     (1 - P_C) / (k - |C|) over 0 <= |C| < k, so |C| = 0 when no winner set beats 1/k.
+    `u` ([k] uniforms in [0, 1)) replaces the draw: a custom op cannot take a generator.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not allowed; choose one of {list(METHODS)}")
@@ -67,7 +70,8 @@ def sampling_plan(weights: Tensor, k: int, method: str = "wta", generator: torch
 
     cdf = torch.cumsum(rest, 0)
     remaining = cdf[-1]
-    u = torch.rand(k, device=device, generator=generator, dtype=torch.float32)
+    if u is None:
+        u = torch.rand(k, device=device, generator=generator, dtype=torch.float32)
     # right=True returns the first j with cdf_j > u*R, which always has rest_j > 0.
     drawn = torch.searchsorted(cdf, (u * remaining).unsqueeze(0), right=True).squeeze(0).clamp_max(n - 1)
     p_drawn = rest[drawn]

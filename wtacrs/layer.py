@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import linear_ops
 from . import rows as row_sources
 from .config import WTACRSConfig
-from .estimator import sampling_plan
+from .dispatch import call
 from .norms import GradNormTracker
 
 _SAMPLE_ATTR = "_wtacrs_sample"
@@ -23,53 +22,17 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-@dataclass
-class _Plan:
-    """What backward needs besides saved tensors (none of it holds activation memory)."""
-
-    mode: str  # "full": saved x; "rows": saved idx + scaled rows; "source": saved idx, scale + source tensors
-    x_shape: torch.Size
-    transposed: bool
-    source: row_sources.RowSource | None
-    tracker: GradNormTracker
-    ids: Tensor | None
+def _autocast_copy(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """What autocast hands F.linear (dtype: autocast's, None when it is off), made here, outside
+    the op, where autocast no longer reaches and where a memory trace still sees it; None where
+    autocast leaves `t` as it is."""
+    if dtype is None or t is None or t.dtype == dtype or t.dtype not in _AUTOCAST_ELIGIBLE:
+        return None
+    return t.to(dtype)
 
 
-class _WTACRSLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, plan: _Plan, *saved):
-        ctx.plan = plan
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(weight, *saved)
-        w = weight.t() if plan.transposed else weight
-        return F.linear(x, w, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        plan: _Plan = ctx.plan
-        weight, *saved = ctx.saved_tensors
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            w = weight.to(g2.dtype)
-            grad_x = (g2 @ w.t() if plan.transposed else g2 @ w).reshape(plan.x_shape)
-        if ctx.needs_input_grad[1]:
-            if plan.mode == "full":
-                kept_g, kept_x = g2, saved[0].reshape(-1, plan.x_shape[-1])
-            elif plan.mode == "rows":
-                idx, kept_x = saved
-                kept_g = g2.index_select(0, idx)
-            else:
-                idx, scale, *src = saved
-                kept_g = g2.index_select(0, idx)
-                kept_x = plan.source.rows(tuple(src), idx.long()) * scale.unsqueeze(1)
-            kept_x = kept_x.to(g2.dtype)
-            gw = kept_x.t() @ kept_g if plan.transposed else kept_g.t() @ kept_x
-            grad_w = gw.to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0)
-        plan.tracker.update(g2, plan.x_shape, plan.ids)
-        return (grad_x, grad_w, grad_b, None) + (None,) * len(saved)
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+_NO_SOURCE = ("", None, None, 0.0, None)
 
 
 class WTACRSLinear(nn.Module):
@@ -138,42 +101,57 @@ class WTACRSLinear(nn.Module):
             raise ValueError(f"{self}: input has {x.shape[-1]} features, expected {self.in_features}")
         n = x.numel() // max(x.shape[-1], 1)
         k = self.config.num_kept(n)
-        plan = _Plan("full", x.shape, self.transposed, None, self.tracker, self.tracker.context())
         if k >= n:
-            return _WTACRSLinearFn.apply(x, self.weight, self.bias, plan, x)
-        saved = self._sample(x, n, k, plan)
-        return _WTACRSLinearFn.apply(x, self.weight, self.bias, plan, *saved)
+            mode, saved, source = "full", [x], None
+        else:
+            mode, saved, source = self._sample(x, n, k)
+        ids = self.tracker.context()
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        x_cast = _autocast_copy(x, dtype)  # autograd casts its gradient back, as for F.linear's
+        with torch.no_grad():  # copies for the forward product; the gradient goes to the weight itself
+            cast_w, cast_b = _autocast_copy(self.weight, dtype), _autocast_copy(self.bias, dtype)
+        src = _NO_SOURCE if source is None else (source.kind, source.weight, source.bias, source.eps, source.dtype)
+        return call(
+            linear_ops.linear, x if x_cast is None else x_cast, self.weight, self.bias, cast_w, cast_b, saved, mode, self.transposed, *src,
+            self.tracker.handle, ids,
+        )  # fmt: skip
 
     @torch.no_grad()
-    def _sample(self, x: Tensor, n: int, k: int, plan: _Plan) -> tuple[Tensor, ...]:
+    def _sample(self, x: Tensor, n: int, k: int) -> tuple[str, list[Tensor], row_sources.RowSource | None]:
         cfg = self.config
         source = row_sources.source_of(x) if cfg.reuse_saved_inputs else None
         # Sharing saves a second copy of the rows; with a row source there is no copy to save,
         # so each layer draws its own sample with its own gradient factor (lower variance).
         share = cfg.share_inputs and self.forward_count is not None and source is None
-        key = (k, cfg.effective_method, x._version, self.forward_count[0] if share else None)
-        shared = getattr(x, _SAMPLE_ATTR, None) if share else None
-        if shared is not None and shared[0] == key:
-            plan.mode, plan.source, saved, owner = shared[1], shared[2], shared[3], shared[4]
-            if owner is not self and all(t is not self.tracker for t in owner.partners):
-                owner.partners.append(self.tracker)
-            return saved
-        x2 = x.reshape(n, x.shape[-1])
-        weights = torch.linalg.vector_norm(x2.float(), dim=1)
-        factors = [t.factor(x.shape, x.device) for t in (self.tracker, *self.partners)]
-        factors = [f for f in factors if f is not None]
-        if factors:
-            # the optimal weight for the stacked gradients [dY_q, dY_k, dY_v]: ||x_i|| * ||stacked dY_i||
-            weights = weights * torch.sqrt(sum(f * f for f in factors))
-        idx, scale = sampling_plan(weights, k, cfg.effective_method, self.generator)
-        idx32 = idx.to(torch.int32)
-        if source is not None:
-            plan.mode, plan.source = "source", source
-            saved = (idx32, scale, *source.tensors)
-        else:
-            kept = (x2.index_select(0, idx).float() * scale.unsqueeze(1)).to(_compute_dtype(x))
-            plan.mode = "rows"
-            saved = (idx32, kept)
         if share:
-            setattr(x, _SAMPLE_ATTR, (key, plan.mode, plan.source, saved, self))
-        return saved
+            key = (k, cfg.effective_method, x._version, self.forward_count[0])
+            shared = getattr(x, _SAMPLE_ATTR, None)
+            if shared is not None and shared[0] == key:
+                plan, owner = shared[1], shared[2]
+                if owner is not self and all(t is not self.tracker for t in owner.partners):
+                    owner.partners.append(self.tracker)
+                return plan
+        tables, factors = [], []
+        for tracker in (self.tracker, *self.partners):
+            if tracker.mode == "running":
+                table = tracker.running_table(x.shape, x.device)
+                if table is not None:
+                    tables.append(table)
+            else:
+                factor = tracker.factor(x.shape, x.device)
+                if factor is not None:
+                    factors.append(factor)
+        u = None
+        if self.generator is not None and cfg.effective_method != "topk":
+            u = torch.rand(k, device=x.device, generator=self.generator, dtype=torch.float32)
+        idx32, scale, kept = call(
+            linear_ops.sample_rows, x, tables, factors, u, k, cfg.effective_method, source is None, _compute_dtype(x)
+        )
+        if source is not None:
+            plan = ("source", [idx32, scale, *source.tensors], source)
+        else:
+            plan = ("rows", [idx32, kept], None)
+        if share:
+            setattr(x, _SAMPLE_ATTR, (key, plan, self))
+        return plan

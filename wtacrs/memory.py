@@ -67,3 +67,18 @@ class SavedTensorCounter:
         for name, nbytes in self.by_module.items():
             out[re.sub(r"\.\d+\.", ".*.", name)] += nbytes
         return dict(out)
+
+
+def op_reference(func) -> Callable | None:
+    """The PyTorch implementation of a `wtacrs::` custom op (an OpOverload), or None for any other op.
+
+    Each of these ops dispatches once but allocates its intermediates as this code does (on a GPU
+    too: it is what runs there). A dispatch-level storage tracer that calls it in place of the op,
+    with itself still active, counts those intermediates; one that calls the op sees its outputs only.
+    """
+    if getattr(func, "namespace", None) != "wtacrs":
+        return None
+    from torch._library.custom_ops import _maybe_get_opdef
+
+    opdef = _maybe_get_opdef(func)
+    return None if opdef is None else opdef._init_fn

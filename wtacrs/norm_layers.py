@@ -13,25 +13,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import rows as row_sources
+from .dispatch import call, register_autograd
 from .families import RMSNORM_STYLES
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
 def mark_layernorm_output(module: nn.LayerNorm, args, output: Tensor) -> None:
-    x = args[0]
-    features = x.shape[-1]
-    shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
-    if len(shape) != 1:
+    if len(module.normalized_shape) != 1:
         return
+    source = row_sources.RowSource("layernorm", (args[0],), module.weight, module.bias, module.eps)
+    row_sources.mark(output, source)
 
-    def rows(tensors, idx):
-        (x2,) = tensors
-        r = x2.index_select(0, idx)
-        dt = weight.dtype if weight is not None else torch.promote_types(r.dtype, torch.float32)
-        return F.layer_norm(r.to(dt), shape, weight, bias, eps)
 
-    row_sources.mark(output, (x.reshape(-1, features),), rows)
+def _layernorm_rows(kind, tensors, idx, weight, bias, eps, dtype):
+    r = row_sources.flat_rows(tensors[0], idx)
+    dt = weight.dtype if weight is not None else torch.promote_types(r.dtype, torch.float32)
+    return F.layer_norm(r.to(dt), (r.shape[-1],), weight, bias, eps)
 
 
 def _normed_dtype(style: str, x_dtype: torch.dtype, w_dtype: torch.dtype) -> torch.dtype:
@@ -49,28 +47,75 @@ def _scaled(style: str, n: Tensor, weight: Tensor, x_dtype: torch.dtype) -> Tens
     return weight * n.to(_normed_dtype(style, x_dtype, weight.dtype))
 
 
-class _RMSNormFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, eps: float, style: str, box: list):
-        xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        ctx.nd = _normed_dtype(style, x.dtype, weight.dtype)
-        ctx.offset = 1.0 if style == "gemma" else 0.0
-        ctx.save_for_backward(x, rstd, weight)
-        box.extend((x, rstd))
-        return _scaled(style, xf * rstd, weight, x.dtype)
+def _out_dtype(style: str, x_dtype: torch.dtype, w_dtype: torch.dtype) -> torch.dtype:
+    if style == "gemma":
+        return x_dtype
+    return torch.promote_types(w_dtype, _normed_dtype(style, x_dtype, w_dtype))
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, rstd, weight = ctx.saved_tensors
-        n = x.float() * rstd
-        g = grad.float()
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = (g * n.to(ctx.nd).float()).reshape(-1, n.shape[-1]).sum(0).to(weight.dtype)
-        gn = g * (weight.float() + ctx.offset)
-        grad_x = rstd * (gn - n * (gn * n).mean(-1, keepdim=True))
-        return grad_x.to(x.dtype), grad_w, None, None, None
+
+@torch.library.custom_op("wtacrs::rms_norm", mutates_args=())
+def rms_norm(x: Tensor, weight: Tensor, eps: float, style: str) -> tuple[Tensor, Tensor]:
+    """(the norm's output, 1/rms in fp32 [..., 1])."""
+    xf = x.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return _scaled(style, xf * rstd, weight, x.dtype), rstd
+
+
+@rms_norm.register_fake
+def _(x, weight, eps, style):
+    y = x.new_empty(x.shape, dtype=_out_dtype(style, x.dtype, weight.dtype))
+    return y, x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("wtacrs::rms_norm_backward", mutates_args=())
+def rms_norm_backward(
+    grad: Tensor, x: Tensor, rstd: Tensor, weight: Tensor, style: str, need_w: bool
+) -> tuple[Tensor, Tensor]:
+    """(grad_x, grad_weight or [0])."""
+    n = x.float() * rstd
+    g = grad.float()
+    grad_w = x.new_empty(0)
+    if need_w:
+        nd = _normed_dtype(style, x.dtype, weight.dtype)
+        grad_w = (g * n.to(nd).float()).reshape(-1, n.shape[-1]).sum(0).to(weight.dtype)
+    gn = g * (weight.float() + (1.0 if style == "gemma" else 0.0))
+    grad_x = rstd * (gn - n * (gn * n).mean(-1, keepdim=True))
+    return grad_x.to(x.dtype), grad_w
+
+
+@rms_norm_backward.register_fake
+def _(grad, x, rstd, weight, style, need_w):
+    return torch.empty_like(x), weight.new_empty(weight.shape) if need_w else x.new_empty(0)
+
+
+def _setup_rms(ctx, inputs, output):
+    x, weight, _, style = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.style = style
+    ctx.save_for_backward(x, output[1], weight)
+
+
+def _rms_backward(ctx, grad, _rstd_grad):
+    x, rstd, weight = ctx.saved_tensors
+    if grad is None:
+        return None, None, None, None
+    need_w = ctx.needs_input_grad[1]
+    grad_x, grad_w = call(rms_norm_backward, grad, x, rstd, weight, ctx.style, need_w)
+    return grad_x, grad_w if need_w else None, None, None
+
+
+register_autograd(rms_norm, _rms_backward, _setup_rms)
+
+
+def _rms_rows(kind, tensors, idx, weight, bias, eps, dtype):
+    x, rstd = tensors
+    n = row_sources.flat_rows(x, idx).float() * row_sources.flat_rows(rstd, idx)
+    return _scaled(kind.partition(":")[2], n, weight, x.dtype)
+
+
+row_sources.register("layernorm", _layernorm_rows)
+row_sources.register("rms", _rms_rows)
 
 
 class FusedRMSNorm(nn.Module):
@@ -92,15 +137,5 @@ class FusedRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.eps}, style={self.style}"
 
     def forward(self, x: Tensor) -> Tensor:
-        box: list[Tensor] = []
-        y = _RMSNormFn.apply(x, self.weight, self.eps, self.style, box)
-        x_saved, rstd = box
-        weight, style = self.weight, self.style
-        features = x.shape[-1]
-
-        def rows(tensors, idx):
-            x2, r2 = tensors
-            n = x2.index_select(0, idx).float() * r2.index_select(0, idx)
-            return _scaled(style, n, weight, x2.dtype)
-
-        return row_sources.mark(y, (x_saved.reshape(-1, features), rstd.reshape(-1, 1)), rows)
+        y, rstd = call(rms_norm, x, self.weight, self.eps, self.style)
+        return row_sources.mark(y, row_sources.RowSource(f"rms:{self.style}", (x, rstd), self.weight))

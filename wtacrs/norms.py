@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
+import weakref
 
 import torch
 from torch import Tensor
 
 _EXAMPLE_IDS: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("wtacrs_example_ids", default=None)
 _FLOOR = 0.2  # defensive mixture: g + 0.2 * mean(g) bounds the variance when history misleads
+_TRACKERS: weakref.WeakValueDictionary[int, GradNormTracker] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count()
 
 
 @contextlib.contextmanager
@@ -48,7 +52,21 @@ class GradNormTracker:
         self.table: Tensor | None = None  # running: [L]; example: [num_examples, L] bf16
         self.seen: Tensor | None = None  # example: [num_examples] bool
         self.mean: Tensor | None = None  # example: running mean norm, for unseen examples
-        self.initialized = False
+        # whether an update has run, as a tensor: backward updates it inside one op, with no host
+        # branch, so a compiled backward stays right after its first step (bookkeeping: not in nbytes)
+        self.started: Tensor | None = None
+        self._register()
+
+    def _register(self) -> None:
+        # what the backward op names this tracker by (-1: nothing to track)
+        self.handle = -1 if self.mode == "activation" else next(_HANDLES)
+        if self.handle >= 0:
+            _TRACKERS[self.handle] = self
+
+    def __setstate__(self, state: dict) -> None:
+        # a copy (copy.deepcopy, pickle) is another tracker: it gets its own handle
+        self.__dict__.update(state)
+        self._register()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.table, self.seen, self.mean) if t is not None)
@@ -66,7 +84,16 @@ class GradNormTracker:
                 self.mean = torch.ones((), device=device)
         if old is not None and old.device == device:
             table[..., : old.shape[-1]] = old
+        if self.started is None or self.started.device != device:
+            self.started = torch.zeros((), dtype=torch.bool, device=device)
         self.table = table
+
+    def running_table(self, x_shape: torch.Size, device: torch.device) -> Tensor | None:
+        """The running table the sampling op turns into g itself (one op, not a few per layer)."""
+        if self.mode != "running" or _batch_positions(x_shape) is None:
+            return None
+        self._ensure(x_shape[-2], device)
+        return self.table
 
     def factor(self, x_shape: torch.Size, device: torch.device) -> Tensor | None:
         """g for each of the N flattened rows, or None when there is no history to use."""
@@ -78,13 +105,11 @@ class GradNormTracker:
         batch, seq = bl
         self._ensure(seq, device)
         if self.mode == "running":
-            g = self.table[:seq].unsqueeze(0).expand(batch, seq)
-        else:
-            ids = self._ids(batch, device)
-            cached = self.table[ids, :seq].float()
-            g = torch.where(self.seen[ids].unsqueeze(1), cached, self.mean)
-        g = g + _FLOOR * g.mean() + torch.finfo(torch.float32).tiny
-        return g.reshape(-1)
+            return running_factor(self.table, x_shape)
+        ids = self._ids(batch, device)
+        cached = self.table[ids, :seq].float()
+        g = torch.where(self.seen[ids].unsqueeze(1), cached, self.mean)
+        return _floored(g).reshape(-1)
 
     def _ids(self, batch: int, device: torch.device) -> Tensor:
         ids = _EXAMPLE_IDS.get()
@@ -103,27 +128,50 @@ class GradNormTracker:
 
     @torch.no_grad()
     def update(self, grad_out: Tensor, x_shape: torch.Size, ids: Tensor | None) -> None:
-        if self.mode == "activation":
+        """Fold the step's output gradient in; `ids` are the example ids its forward saw."""
+        if self.mode == "activation" or _batch_positions(x_shape) is None:
             return
-        bl = _batch_positions(x_shape)
-        if bl is None:
-            return
-        batch, seq = bl
-        self._ensure(seq, grad_out.device)
-        norms = torch.linalg.vector_norm(grad_out.float(), dim=-1).reshape(batch, seq)
-        m = self.momentum
-        if self.mode == "running":
-            row = norms.mean(0)
-            if self.initialized:
-                self.table[:seq].mul_(m).add_(row, alpha=1 - m)
-            else:
-                self.table[:seq].copy_(row)
-        else:
-            ids = ids.to(device=grad_out.device, dtype=torch.long)
-            self.table[ids, :seq] = norms.to(self.table.dtype)
-            self.seen[ids] = True
-            if self.initialized:
-                self.mean.mul_(m).add_(norms.mean(), alpha=1 - m)
-            else:
-                self.mean.copy_(norms.mean())
-        self.initialized = True
+        if self.mode == "example" and ids is None:
+            return  # a forward outside `example_ids` (one that did not sample): nothing to key by
+        self._ensure(x_shape[-2], grad_out.device)
+        state = [self.table, self.started] + ([self.seen, self.mean] if self.mode == "example" else [])
+        update_state(state, grad_out, list(x_shape), ids, self.momentum)
+
+
+def _floored(g: Tensor) -> Tensor:
+    return g + _FLOOR * g.mean() + torch.finfo(torch.float32).tiny
+
+
+def running_factor(table: Tensor, x_shape) -> Tensor:
+    """g for each flattened row of an input of `x_shape` from a running table (shape [>= seq])."""
+    batch, seq = _batch_positions(x_shape)
+    return _floored(table[:seq].unsqueeze(0).expand(batch, seq)).reshape(-1)
+
+
+def update_tracker(handle: int, grad_out: Tensor, x_shape: list[int], ids: Tensor | None) -> None:
+    tracker = _TRACKERS.get(handle)
+    if tracker is not None:
+        tracker.update(grad_out, torch.Size(x_shape), ids)
+
+
+def update_state(
+    state: list[Tensor], grad_out: Tensor, x_shape: list[int], ids: Tensor | None, momentum: float
+) -> None:
+    """Fold this step's ||dY_i|| into a tracker's `state` in place, without reading a value on the
+    host: the first update copies (the `started` flag picks it with a `where`)."""
+    batch, seq = _batch_positions(x_shape)
+    norms = torch.linalg.vector_norm(grad_out, dim=-1, dtype=torch.float32).reshape(batch, seq)
+    table, started = state[0], state[1]
+    m = momentum
+    if len(state) == 2:  # running
+        row = norms.mean(0)
+        current = table[:seq]
+        current.copy_(torch.where(started, current * m + row * (1 - m), row))
+    else:  # example
+        seen, mean = state[2], state[3]
+        ids = ids.to(device=grad_out.device, dtype=torch.long)
+        table[ids, :seq] = norms.to(table.dtype)
+        seen[ids] = True
+        batch_mean = norms.mean()
+        mean.copy_(torch.where(started, mean * m + batch_mean * (1 - m), batch_mean))
+    started.fill_(True)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import rows as row_sources
+from .dispatch import call, register_autograd
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -33,19 +34,60 @@ def unpack_bits(packed: Tensor, shape: torch.Size) -> Tensor:
     return bits.reshape(-1)[:n].view(shape).bool()
 
 
-class _BitDropoutFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, p: float):
-        keep = torch.rand_like(x, dtype=torch.float32) >= p
-        ctx.p, ctx.shape = p, x.shape
-        ctx.save_for_backward(pack_bits(keep))
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+@torch.library.custom_op("wtacrs::bit_dropout", mutates_args=())
+def bit_dropout(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """Dropout with its keep mask packed 8 to a byte: (y, bits)."""
+    keep = torch.rand_like(x, dtype=torch.float32) >= p
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p)), pack_bits(keep)
 
-    @staticmethod
-    def backward(ctx, grad):
-        (bits,) = ctx.saved_tensors
-        keep = unpack_bits(bits, ctx.shape)
-        return grad * keep.to(grad.dtype) * (1.0 / (1.0 - ctx.p)), None
+
+@bit_dropout.register_fake
+def _(x, p):
+    return torch.empty_like(x), x.new_empty(-(-x.numel() // 8), dtype=torch.uint8)
+
+
+@torch.library.custom_op("wtacrs::bit_relu", mutates_args=())
+def bit_relu(x: Tensor) -> tuple[Tensor, Tensor]:
+    """ReLU with its mask (y > 0) packed 8 to a byte: (y, bits)."""
+    y = torch.relu(x)
+    return y, pack_bits(y > 0)
+
+
+@bit_relu.register_fake
+def _(x):
+    return torch.empty_like(x), x.new_empty(-(-x.numel() // 8), dtype=torch.uint8)
+
+
+@torch.library.custom_op("wtacrs::masked_grad", mutates_args=())
+def masked_grad(grad: Tensor, bits: Tensor, scale: float) -> Tensor:
+    """The backward of both: grad * mask * scale, the mask unpacked from `bits`."""
+    return grad * unpack_bits(bits, grad.shape).to(grad.dtype) * scale
+
+
+@masked_grad.register_fake
+def _(grad, bits, scale):
+    return torch.empty_like(grad)
+
+
+def _setup_masked(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zeros for the bits' gradient
+    ctx.scale = 1.0 / (1.0 - inputs[1]) if len(inputs) > 1 else 1.0
+    ctx.save_for_backward(output[1])
+
+
+def _dropout_backward(ctx, grad, _bits_grad):
+    (bits,) = ctx.saved_tensors
+    return (None if grad is None else call(masked_grad, grad, bits, ctx.scale)), None
+
+
+def _relu_backward(ctx, grad, _bits_grad):
+    (bits,) = ctx.saved_tensors
+    return None if grad is None else call(masked_grad, grad, bits, 1.0)
+
+
+register_autograd(bit_dropout, _dropout_backward, _setup_masked)
+register_autograd(bit_relu, _relu_backward, _setup_masked)
 
 
 class BitDropout(nn.Dropout):
@@ -56,21 +98,7 @@ class BitDropout(nn.Dropout):
             return super().forward(x)
         if self.p >= 1.0:
             return x * 0.0
-        return _BitDropoutFn.apply(x, float(self.p))
-
-
-class _BitReLUFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.relu(x)
-        ctx.shape = x.shape
-        ctx.save_for_backward(pack_bits(y > 0))
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (bits,) = ctx.saved_tensors
-        return grad * unpack_bits(bits, ctx.shape).to(grad.dtype)
+        return call(bit_dropout, x, float(self.p))[0]
 
 
 class BitReLU(nn.ReLU):
@@ -79,7 +107,7 @@ class BitReLU(nn.ReLU):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled() or not x.requires_grad:
             return torch.relu(x)
-        return _BitReLUFn.apply(x)
+        return call(bit_relu, x)[0]
 
 
 _COMPACT_MAX = 1.0e4  # the derivatives are flat long before this, so clamping loses nothing
@@ -89,32 +117,56 @@ def _act_forward(kind: str, approximate: str, z: Tensor) -> Tensor:
     return F.silu(z) if kind == "silu" else F.gelu(z, approximate=approximate)
 
 
-class _CompactActFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, kind: str, approximate: str, store_dtype: torch.dtype, box: list):
-        ctx.kind, ctx.approximate = kind, approximate
-        kept = z.clamp(-_COMPACT_MAX, _COMPACT_MAX).to(store_dtype) if z.dtype != store_dtype else z
-        ctx.save_for_backward(kept)
-        box.append(kept)  # the very tensor saved, so a layer reading y can save it too at no cost
-        return _act_forward(kind, approximate, z)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (kept,) = ctx.saved_tensors
-        z = kept.to(grad.dtype)
-        if ctx.kind == "silu":
-            dz = torch.ops.aten.silu_backward(grad, z)
-        else:
-            dz = torch.ops.aten.gelu_backward(grad, z, approximate=ctx.approximate)
-        return dz, None, None, None, None
+@torch.library.custom_op("wtacrs::compact_act", mutates_args=())
+def compact_act(z: Tensor, kind: str, approximate: str, store_dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """(GELU/SiLU of z, z clamped and cast to `store_dtype` for backward); with no store_dtype the
+    second is empty and backward keeps z itself (an op's output may not alias its input)."""
+    kept = z.clamp(-_COMPACT_MAX, _COMPACT_MAX).to(store_dtype) if store_dtype is not None else z.new_empty(0)
+    return _act_forward(kind, approximate, z), kept
 
 
-def _act_rows(kind: str, approximate: str, out_dtype: torch.dtype):
-    def rows(tensors, idx):
-        (kept,) = tensors
-        return _act_forward(kind, approximate, kept.index_select(0, idx).to(out_dtype))
+@compact_act.register_fake
+def _(z, kind, approximate, store_dtype):
+    kept = z.new_empty(z.shape, dtype=store_dtype) if store_dtype is not None else z.new_empty(0)
+    return torch.empty_like(z), kept
 
-    return rows
+
+@torch.library.custom_op("wtacrs::compact_act_backward", mutates_args=())
+def compact_act_backward(grad: Tensor, kept: Tensor, kind: str, approximate: str) -> Tensor:
+    z = kept.to(grad.dtype)
+    if kind == "silu":
+        return torch.ops.aten.silu_backward(grad, z)
+    return torch.ops.aten.gelu_backward(grad, z, approximate=approximate)
+
+
+@compact_act_backward.register_fake
+def _(grad, kept, kind, approximate):
+    return torch.empty_like(grad)
+
+
+def _setup_act(ctx, inputs, output):
+    z, kind, approximate, store_dtype = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.act = (kind, approximate)
+    ctx.save_for_backward(output[1] if store_dtype is not None else z)
+
+
+def _act_backward(ctx, grad, _kept_grad):
+    (kept,) = ctx.saved_tensors
+    dz = None if grad is None else call(compact_act_backward, grad, kept, *ctx.act)
+    return dz, None, None, None
+
+
+register_autograd(compact_act, _act_backward, _setup_act)
+
+
+def _act_rows(kind, tensors, idx, weight, bias, eps, dtype):
+    _, act, approximate = kind.split(":")
+    return _act_forward(act, approximate, row_sources.flat_rows(tensors[0], idx).to(dtype))
+
+
+row_sources.register("act", _act_rows)
 
 
 class CompactActivation(nn.Module):
@@ -135,8 +187,9 @@ class CompactActivation(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         if not torch.is_grad_enabled() or not z.requires_grad:
             return _act_forward(self.kind, self.approximate, z)
-        store = self.store_dtype if z.dtype == torch.float32 else z.dtype
-        box: list[Tensor] = []
-        y = _CompactActFn.apply(z, self.kind, self.approximate, store, box)
-        kept = box[0].reshape(-1, z.shape[-1])
-        return row_sources.mark(y, (kept,), _act_rows(self.kind, self.approximate, y.dtype))
+        store = self.store_dtype if z.dtype == torch.float32 else None
+        y, kept = call(compact_act, z, self.kind, self.approximate, store)
+        source = row_sources.RowSource(
+            f"act:{self.kind}:{self.approximate}", (kept if store is not None else z,), dtype=y.dtype
+        )
+        return row_sources.mark(y, source)
