@@ -28,6 +28,15 @@ class Probe(BaseModel):
     reason: str = ""
 
 
+class RankPeak(BaseModel):
+    """One rank of a measured DDP/FSDP trial."""
+
+    rank: int
+    peak_bytes: Bytes = None
+    first_step_peak_bytes: Bytes = None
+    step_time_s: float | None = Field(None, description="this rank's median step time")
+
+
 class TrialRow(Row):
     """One (method, batch size): memory of a few training steps, and their speed when asked for."""
 
@@ -55,6 +64,19 @@ class TrialRow(Row):
     tokens_per_s: float | None = None
     samples_per_s: float | None = None
     timed_steps: int | None = None
+    strategy: str | None = Field(None, description="parallel strategy: ddp or fsdp (None: one device)")
+    world_size: int | None = Field(
+        None,
+        description="ranks; memory fields and batch_size are per rank, tokens_per_s and samples_per_s "
+        "are of all ranks together (world_size x batch_size per step)",
+    )
+    rank: int | None = Field(
+        None, description="estimate: the rank traced (0, which holds the largest shard); memory fields describe it"
+    )
+    ranks: list[RankPeak] | None = Field(
+        None, description="measured ddp/fsdp: every rank; peak_bytes and step_time_s are the max over them"
+    )
+    peak_spread_bytes: Bytes = Field(None, description="measured ddp/fsdp: max - min of the ranks' peak_bytes")
 
     @property
     def fits(self) -> bool:

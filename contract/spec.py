@@ -20,6 +20,12 @@ MAX_MEASUREMENTS = 16  # repeats are dropped, so a little slack over the registr
 MAX_NAME = 64  # method names land in a 64-character database column
 MAX_OVERRIDES = 64
 MAX_EXAMPLES = 10_000_000  # GLUE SST-2 has 67k rows
+# An override that validates but could never run: building a model is Python work per layer (a
+# 300-layer trace takes a minute), so 10^6 layers would hold a worker for days. The deepest
+# published models have under 130 layers. Integers in a config are sizes, ids and counts.
+MAX_LAYERS = 256
+LAYER_KEYS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "num_encoder_layers", "n_layer")
+MAX_OVERRIDE_INT = 2**31 - 1
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 
 
@@ -52,6 +58,18 @@ class ModelSpec(Strict):
         # before the values are checked: pydantic checks a dict's length after validating every item
         if isinstance(v, dict) and len(v) > MAX_OVERRIDES:
             raise ValueError(f"{len(v)} overrides; at most {MAX_OVERRIDES} are allowed")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _buildable(cls, v: dict) -> dict:
+        for key, value in v.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                continue
+            if key in LAYER_KEYS and not 0 <= value <= MAX_LAYERS:
+                raise ValueError(f"override {key}={value}: at most {MAX_LAYERS} layers can be built and traced")
+            if abs(value) > MAX_OVERRIDE_INT:
+                raise ValueError(f"override {key}={value}: integers in a model config are at most {MAX_OVERRIDE_INT}")
         return v
 
     @field_validator("family")
@@ -93,6 +111,58 @@ class ConvergenceSpec(Strict):
     )
 
 
+# Measurements a sharded run cannot make: they read one model's exact values (fidelity), train real
+# weights in one process (convergence) or attribute one device's saved activations to modules.
+NOT_SHARDED = {
+    "fidelity": "compares one model's exact and sampled gradients",
+    "convergence": "fine-tunes real weights in one process",
+    "memory_attribution": "attributes one device's saved activations to modules",
+}
+MAX_CPU_RANKS = 16  # device 'cpu' starts one process per rank on the worker's host
+
+
+class ParallelSpec(Strict):
+    """How the step is spread over ranks. Every number a row reports is per rank (one GPU's), and
+    batch sizes are per-rank micro-batches; `estimate` traces rank 0, `cpu`/`cuda` launch every rank."""
+
+    strategy: Literal["none", "ddp", "fsdp"] = Field(
+        "none",
+        description="none: one device; ddp: DistributedDataParallel (every rank holds the whole model, "
+        "gradients in the reducer's buckets, gradient_as_bucket_view); fsdp: FSDP2 fully_shard per "
+        "transformer block plus the root (parameters, gradients and optimizer state sharded). The method "
+        "(LoRA, WTA-CRS, checkpointing) is applied before wrapping. world_size 1 with ddp/fsdp is one "
+        "device with the wrapper's own buffers (nothing is sharded)",
+    )
+    world_size: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="ranks (GPUs). estimate: any size, rank 0 is traced in one process; cpu: that many "
+        f"processes on the worker (at most {MAX_CPU_RANKS}); cuda: one process per GPU, and a worker with "
+        "fewer GPUs than world_size cannot run the job (it reports that as the job's error)",
+    )
+    reshard_after_forward: bool | None = Field(
+        None, description="fsdp only: free unsharded parameters after each block's forward (None: FSDP's default, True)"
+    )
+    mixed_precision: Literal["bf16"] | None = Field(
+        None,
+        description="fsdp only: MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32): fp32 sharded master "
+        "weights, gradients and optimizer state; parameters all-gathered and computed in bf16 (needs dtype fp32)",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self):
+        if self.strategy == "none" and self.world_size > 1:
+            raise ValueError(
+                f"world_size {self.world_size} needs a strategy: 'ddp' or 'fsdp' (strategy 'none' is one device)"
+            )
+        if self.strategy != "fsdp":
+            for name in ("reshard_after_forward", "mixed_precision"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to strategy 'fsdp' only, not {self.strategy!r}")
+        return self
+
+
 class JobSpec(Strict):
     """What to profile."""
 
@@ -126,6 +196,9 @@ class JobSpec(Strict):
     max_batch: MaxBatchSpec = Field(default_factory=MaxBatchSpec)
     convergence: ConvergenceSpec = Field(default_factory=ConvergenceSpec)
     timeout_s: float = Field(1800, gt=0, le=86400, description="per method, in the child process")
+    parallel: ParallelSpec = Field(
+        default_factory=ParallelSpec, description="DDP/FSDP over world_size ranks; rows report one rank"
+    )
 
     @field_validator("model")
     @classmethod
@@ -198,9 +271,30 @@ class JobSpec(Strict):
                 "device 'cpu' with max_batch_size needs target_memory_gb: host memory has no hard limit "
                 "to probe against"
             )
+        if self.parallel.strategy != "none":
+            self._check_parallel()
         if self.dtype == "fp16" and self.device == "cpu":
             raise ValueError("dtype 'fp16' (autocast) is not supported on device 'cpu'; use 'bf16' or 'fp32'")
         return self
+
+    def _check_parallel(self) -> None:
+        p = self.parallel
+        for name in self.measurements:
+            if name in NOT_SHARDED:
+                raise ValueError(
+                    f"measurement {name!r} cannot run with parallel strategy {p.strategy!r}: it "
+                    f"{NOT_SHARDED[name]}; drop it or use strategy 'none'"
+                )
+        if p.mixed_precision == "bf16" and self.dtype != "fp32":
+            raise ValueError(
+                f"parallel.mixed_precision 'bf16' keeps fp32 master weights and computes in bf16, so it needs "
+                f"dtype 'fp32', not {self.dtype!r} (for bf16 storage use dtype 'bf16-weights' without mixed_precision)"
+            )
+        if self.device == "cpu" and p.world_size > MAX_CPU_RANKS:
+            raise ValueError(
+                f"device 'cpu' starts one process per rank; world_size {p.world_size} is over {MAX_CPU_RANKS}: "
+                "use device 'estimate' for larger worlds"
+            )
 
     @property
     def model_name(self) -> str:

@@ -216,18 +216,23 @@ class CPUAllocatorRecord:
         return max((total for t, total, _ in self.totals if lo <= t <= hi), default=baseline) - baseline
 
 
-def measure_memory(trial: Trial, mode: str) -> dict:
+def measure_memory(
+    trial: Trial, mode: str, tracker: StorageTracker | None = None, saved: SavedTensorCounter | None = None
+) -> dict:
     """Step 1 (before optimizer state exists), then one steady-state step.
 
     Peaks are the CUDA allocator's on cuda and the storage tracker's otherwise; on cpu the caller
     replaces them with a CPUAllocatorRecord's, which has to span the trial's construction too.
     An estimate of a CUDA device counts storages in the allocator's block sizes, plus the cuBLAS
-    workspaces a real device holds from its first matmul on.
+    workspaces a real device holds from its first matmul on. `tracker` and `saved` replace the
+    default tracker and saved-tensor counter (profiler/parallel.py passes sharding-aware ones).
     """
-    tracker = StorageTracker(block=trial.kernels.round_bytes if trial.kernels else 1)
+    if tracker is None:
+        tracker = StorageTracker(block=trial.kernels.round_bytes if trial.kernels else 1)
     fixed = trial.kernels.workspace_bytes if trial.kernels else 0
     # the counter's saved-tensor hook shadows the tracker's while it is active: it forwards to it
-    saved = SavedTensorCounter(trial.model, on_pack=tracker.saved)
+    if saved is None:
+        saved = SavedTensorCounter(trial.model, on_pack=tracker.saved)
     cuda = mode == "cuda"
     if cuda:
         torch.cuda.synchronize()

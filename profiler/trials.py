@@ -31,6 +31,11 @@ def device_for(spec: JobSpec) -> torch.device:
     if spec.device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device on this host")
+        if spec.dtype in ("bf16", "bf16-weights") and not torch.cuda.is_bf16_supported():
+            name = torch.cuda.get_device_name(0)
+            raise RuntimeError(
+                f"dtype {spec.dtype!r} needs a GPU with bf16 (Ampere or newer); {name} has none: use fp16 or fp32"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -55,6 +60,10 @@ def memory_limit(spec: JobSpec) -> float | None:
 
 
 def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
+    if spec.parallel.strategy != "none":  # DDP/FSDP: per rank, in profiler/parallel.py
+        from .parallel import parallel_trial_row
+
+        return parallel_trial_row(spec, method, batch_size, throughput)
     row = {
         "method": method.name,
         "batch_size": batch_size,
