@@ -254,7 +254,7 @@ def _estimate(spec: JobSpec, method: Method, batch_size: int, row: dict) -> None
 
 def parallel_trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
     if spec.device == "estimate":
-        from .trials import memory_limit
+        from .trials import base_row, memory_limit
 
         row = base_row(spec, method, batch_size)
         row["estimate_device"] = spec.estimate_device
@@ -268,20 +268,6 @@ def parallel_trial_row(spec: JobSpec, method: Method, batch_size: int, throughpu
     from .ranks import measured_rows
 
     return measured_rows(spec, [method], batch_size, throughput)[0]
-
-
-def base_row(spec: JobSpec, method: Method, batch_size: int) -> dict:
-    p = spec.parallel
-    return {
-        "method": method.name,
-        "batch_size": batch_size,
-        "seq_len": spec.seq_len,
-        "mode": spec.device,
-        "measured": spec.device != "estimate",
-        "oom": False,
-        "strategy": p.strategy,
-        "world_size": p.world_size,
-    }
 
 
 def failure(err: BaseException) -> dict:

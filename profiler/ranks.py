@@ -23,7 +23,8 @@ from contract.rows import TrialRow
 from contract.spec import JobSpec
 
 from .measure import CPUAllocatorRecord, build_trial, free_cached, measure_throughput, release
-from .parallel import RankTracker, base_row, distributed, failure, sharded_trial
+from .parallel import RankTracker, distributed, failure, sharded_trial
+from .trials import base_row
 
 STEP_RANGES = ("wtacrs::first_step", "wtacrs::steady")  # measure_memory's record_function ranges
 

@@ -59,11 +59,8 @@ def memory_limit(spec: JobSpec) -> float | None:
     return None
 
 
-def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
-    if spec.parallel.strategy != "none":  # DDP/FSDP: per rank, in profiler/parallel.py
-        from .parallel import parallel_trial_row
-
-        return parallel_trial_row(spec, method, batch_size, throughput)
+def base_row(spec: JobSpec, method: Method, batch_size: int) -> dict:
+    """What every trial row of (method, batch size) starts from, on one device or per rank."""
     row = {
         "method": method.name,
         "batch_size": batch_size,
@@ -73,6 +70,17 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
         "oom": False,
         "error": None,
     }
+    if spec.parallel.strategy != "none":
+        row.update(strategy=spec.parallel.strategy, world_size=spec.parallel.world_size)
+    return row
+
+
+def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
+    if spec.parallel.strategy != "none":  # DDP/FSDP: per rank, in profiler/parallel.py
+        from .parallel import parallel_trial_row
+
+        return parallel_trial_row(spec, method, batch_size, throughput)
+    row = base_row(spec, method, batch_size)
     kernels = None
     if spec.device == "estimate":
         row["estimate_device"] = spec.estimate_device

@@ -182,7 +182,12 @@ def test_measured_ranks_match_the_trace_of_rank_0(model, strategy):
         # reads a broadcast back in C++). Under load, gloo's worker thread sometimes still holds the
         # old set through the last all-reduce's work when the new one is made: seen once, +1 set exactly
         rebuilt = e.breakdown["gradients"] if strategy == "ddp" else 0  # the buckets (gradient_as_bucket_view)
-        for key, allowance in (("first_step_peak_bytes", reduce_scatter), ("peak_bytes", reduce_scatter + rebuilt)):
+        # and gloo's first all-reduce sometimes lands about 0.8 MB of its own working memory in the
+        # first step (the same for every method and model size here, so not ours; NCCL and the
+        # fake group allocate none): seen intermittently on the 2-core VM, bounded by 1 MiB
+        gloo_first = 2**20 if strategy == "ddp" else 0
+        first = reduce_scatter + gloo_first
+        for key, allowance in (("first_step_peak_bytes", first), ("peak_bytes", first + rebuilt)):
             got, want = getattr(e, key), getattr(m, key)
             # within 1% (the trace misses the batch's token ids, 2 KiB), but for gloo's own buffers above
             assert -0.01 * want < want - got <= 0.01 * want + allowance, (key, m.method, want, got, allowance)
