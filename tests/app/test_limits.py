@@ -4,7 +4,6 @@ answering /healthz while abusive bodies are refused (issue #17: one 4.8 MB spec 
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.errors import SHOWN_ERRORS, excerpt, on_validation_error
 from tests.app.conftest import ADMIN, auth
+from tests.app.live_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = json.loads((ROOT / "tests" / "data" / "minimal_spec.json").read_text())
@@ -171,12 +171,6 @@ def test_rerun_of_a_spec_that_no_longer_validates_is_422(make):
 
 
 # --- a real server in its own process, as users run it ---
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

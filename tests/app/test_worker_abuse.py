@@ -3,9 +3,7 @@ posts are refused with a clear 4xx and store nothing twice; a server restart mid
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from tests.app.conftest import ADMIN, auth
+from tests.app.live_server import free_port, live_server
 
 MINIMAL = json.loads((Path(__file__).parents[1] / "data" / "minimal_spec.json").read_text())
 MIB = 2**20
@@ -233,41 +232,15 @@ def test_restart_mid_job_without_its_worker_the_job_returns_to_the_queue(tmp_pat
         assert event_kinds(after, job_id) == ["created", "claimed", "lease_expired", "claimed", "succeeded"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(app, port: int):
-    """`app` on 127.0.0.1:`port` from a thread (a fixed port, so a restarted server has the same URL)."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the server did not stop"
-
-
 @pytest.mark.slow
 def test_a_real_worker_survives_a_server_restart_mid_job(tmp_path):
     """`serve_forever` runs a measured cpu job while its server is stopped and a new one started on
     the same file and port: its heartbeats and result reach the new server, and the job succeeds once."""
     from profiler.worker import serve_forever
 
-    db, port = tmp_path / "live.db", _free_port()
+    db, port = tmp_path / "live.db", free_port()
     spec = {**MINIMAL, "steps": 15, "batch_sizes": [2, 4, 8]}  # several seconds on a CPU
-    with served(new_app(db, lease_seconds=4), port) as url:
+    with live_server(new_app(db, lease_seconds=4), port) as url:
         job_id = httpx.post(f"{url}/api/jobs", json=spec, headers=auth()).json()["id"]
         worker = threading.Thread(
             target=serve_forever, args=(url, ADMIN), kwargs={"once": True, "poll_s": 0.2, "isolate": False}
@@ -279,7 +252,7 @@ def test_a_real_worker_survives_a_server_restart_mid_job(tmp_path):
             time.sleep(0.1)
         time.sleep(1.5)  # mid-measurement, with a heartbeat or two behind it
     stopped = time.monotonic()
-    with served(new_app(db, lease_seconds=4), port) as url:
+    with live_server(new_app(db, lease_seconds=4), port) as url:
         print(f"\nserver down for {time.monotonic() - stopped:.2f} s")
         worker.join(timeout=180)
         assert not worker.is_alive(), "the worker did not finish"
