@@ -93,7 +93,6 @@ def wrap(model: torch.nn.Module, spec: JobSpec, device: torch.device, mesh, trac
         for block in reversed(blocks(model)):  # inner lists first: an outer shard excludes them
             fully_shard(block, **options)
         fully_shard(model, **options)
-        _follow_shards(model)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -110,24 +109,6 @@ def wrap(model: torch.nn.Module, spec: JobSpec, device: torch.device, mesh, trac
         ddp.register_comm_hook(None, noop_hook)
         ddp.reducer = _KeepBuckets(ddp.reducer)
     return ddp
-
-
-def _follow_shards(model: torch.nn.Module) -> None:
-    """Point a module kept as a plain attribute (not a submodule) at its holder's sharded parameters
-    of the same name and shape.
-
-    A WTA-CRS layer keeps the nn.Linear it replaced (`original`, for remove_wtacrs), sharing its
-    weight and bias; fully_shard swaps only registered parameters, so without this every rank
-    would keep each replaced layer's whole unsharded weight alive for the run (and in a trace the
-    fake copy of it, which the converter keeps while the meta original lives)."""
-    for holder in model.modules():
-        for value in list(vars(holder).values()):
-            if not isinstance(value, torch.nn.Module) or any(value is m for m in holder._modules.values()):
-                continue
-            for name, t in value._parameters.items():
-                new = holder._parameters.get(name)
-                if t is not None and new is not None and t.shape == new.shape:
-                    value._parameters[name] = new
 
 
 class _KeepBuckets:

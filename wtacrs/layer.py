@@ -61,7 +61,8 @@ class WTACRSLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Module, config: WTACRSConfig) -> WTACRSLinear:
-        """Wrap `linear`, reusing its Parameters (no copy); `remove_wtacrs` gives the original back."""
+        """Wrap `linear`, reusing its Parameters (no copy). The layer holds no reference to `linear`:
+        apply_wtacrs keeps it, emptied, for remove_wtacrs."""
         if isinstance(linear, nn.Linear):
             transposed = False
         elif (
@@ -74,9 +75,7 @@ class WTACRSLinear(nn.Module):
             raise ValueError(
                 f"cannot replace {type(linear).__name__}: WTA-CRS supports nn.Linear and Hugging Face Conv1D"
             )
-        layer = cls(linear.weight, linear.bias, config, transposed)
-        object.__setattr__(layer, "original", linear)  # not a submodule: keeps state_dict keys unchanged
-        return layer.train(linear.training)
+        return cls(linear.weight, linear.bias, config, transposed).train(linear.training)
 
     @property
     def in_features(self) -> int:

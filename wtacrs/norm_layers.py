@@ -129,9 +129,7 @@ class FusedRMSNorm(nn.Module):
     def from_module(cls, module: nn.Module) -> FusedRMSNorm:
         style = RMSNORM_STYLES[type(module).__name__]
         eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-        fused = cls(module.weight, eps, style)
-        object.__setattr__(fused, "original", module)
-        return fused
+        return cls(module.weight, eps, style)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}, style={self.style}"

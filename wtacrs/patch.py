@@ -30,9 +30,17 @@ def _model_type(model: nn.Module) -> str | None:
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module, state: dict) -> None:
+    """Put `new` at `name`, keeping the module it replaces for remove_wtacrs without the Parameters
+    `new` took over: kept, they would be a second owner that a wrapper swapping parameters (FSDP's
+    sharding, `swap_tensors`, a quantizer) never sees, holding the unsharded weight alive for the run."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    state["replaced"].append((name, getattr(parent, child)))
+    old = getattr(parent, child)
+    taken = {id(p): pname for pname, p in new._parameters.items() if p is not None}
+    moved = [(pname, taken[id(p)]) for pname, p in old._parameters.items() if p is not None and id(p) in taken]
+    for pname, _ in moved:
+        old._parameters[pname] = None
+    state["replaced"].append((name, old, moved))
     setattr(parent, child, new)
 
 
@@ -175,9 +183,11 @@ def remove_wtacrs(model: nn.Module) -> nn.Module:
         raise ValueError("this model has no WTA-CRS layers: apply_wtacrs(model, config) was not called on it")
     for handle in state["hooks"]:
         handle.remove()
-    for name, original in reversed(state["replaced"]):
+    for name, original, moved in reversed(state["replaced"]):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        for pname, new_name in moved:  # the replacement's Parameters as they are now: trained, sharded or swapped
+            original._parameters[pname] = getattr(getattr(parent, child), new_name)
         setattr(parent, child, original)
     if state["attn"] is not None:
         hf, previous, configs = state["attn"]

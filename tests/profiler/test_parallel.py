@@ -87,20 +87,24 @@ def test_blocks_are_the_outermost_layer_list_items(model, expected):
     assert not any(".layer." in n for n in found)  # a T5 block's own sub-layer list stays inside it
 
 
-def test_a_wtacrs_layers_kept_linear_follows_the_shards():
-    """WTA-CRS keeps the nn.Linear it replaced (`original`, sharing its weight); left pointing at
-    the unsharded weight, it kept 1.8 GiB per rank alive on llama-1b over 8 ranks."""
+def test_no_unsharded_weight_outlives_fsdp_on_a_wtacrs_model():
+    """apply_wtacrs keeps each replaced nn.Linear for remove_wtacrs; when it also kept the Parameters,
+    fully_shard (which swaps only registered ones) left every rank holding each replaced layer's whole
+    weight: 1.8 GiB per rank on llama-1b over 8 ranks. Every tensor reachable from the model is a shard."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed.tensor import DTensor
 
     from profiler.measure import build_trial
+    from wtacrs.patch import _STATE
 
     s = spec(device="estimate", methods=["wtacrs@0.3"], parallel={"strategy": "fsdp", "world_size": 2})
     with parallel.fake_process_group(2) as mesh, FakeTensorMode(allow_non_fake_inputs=True) as fake:
         trial = build_trial(s, parse_method("wtacrs@0.3"), 2, torch.device("cpu"), fake)
         model = parallel.wrap(trial.model, s, torch.device("cpu"), mesh, traced=True)
-        layers = [m for m in model.modules() if "original" in vars(m)]
-        assert layers and all(isinstance(m.weight, DTensor) and m.original.weight is m.weight for m in layers)
+        patched = next(m for m in model.modules() if hasattr(m, _STATE))
+        kept = [old for _, old, _ in getattr(patched, _STATE)["replaced"]]
+        assert kept and all(p is None for old in kept for p in old._parameters.values())
+        assert all(isinstance(p, DTensor) for p in model.parameters())
 
 
 def estimate(method: str, strategy: str, world_size: int, **kw):

@@ -86,6 +86,28 @@ def test_layers_share_parameters_and_state_dict_keys():
     assert set(model.state_dict()) == keys
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_patched_model_is_the_only_owner_of_its_parameters(family):
+    """While patched, what apply_wtacrs keeps for remove_wtacrs holds no Parameter: a wrapper that
+    swaps the model's Parameters (FSDP's sharding, a quantizer, load_state_dict(assign=True)) swaps
+    every reference there is, and remove_wtacrs hands back the Parameters the layers hold then."""
+    from wtacrs.patch import _STATE
+
+    model = tiny(family)
+    wtacrs.apply_wtacrs(model, wtacrs.WTACRSConfig(ratio=0.3))
+    kept = [old for _, old, _ in getattr(model, _STATE)["replaced"]]
+    assert any(isinstance(old, torch.nn.Linear) for old in kept)
+    assert all(p is None for old in kept for p in old._parameters.values())
+    swapped = {}
+    for name, module in model.named_modules():
+        for pname, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[pname] = swapped[f"{name}.{pname}"] = torch.nn.Parameter(p.detach() + 1)
+    wtacrs.remove_wtacrs(model)
+    assert not any(isinstance(m, wtacrs.WTACRSLinear) for m in model.modules())
+    assert {n: id(p) for n, p in model.named_parameters()} == {n: id(p) for n, p in swapped.items()}
+
+
 def test_savers_are_installed_by_the_preset_and_can_be_turned_off():
     model = wtacrs.apply_wtacrs(tiny("bert"))
     assert any(isinstance(m, BitDropout) for m in model.modules())
