@@ -11,6 +11,10 @@ torch.compile trace the layer without running it, and a saved-tensor hook still 
 `linear` saves for backward (the same tensors as before the ops existed: the profiler's byte
 counts do not move). Autocast does not reach into a custom op, so the layer hands `linear` the
 copies autocast would have made.
+
+On CUDA tensors `sample_rows` and the sampled weight gradient of `linear_backward` run fused
+Triton kernels instead (`wtacrs.kernels`; `WTACRS_TRITON=0` turns them off); everywhere else,
+and under a memory trace, the reference code below.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import kernels
 from . import rows as row_sources
 from .dispatch import call, register_autograd
 from .estimator import sampling_plan
@@ -51,6 +56,20 @@ def sample_rows(
     else:
         kept = x2.new_empty((0, x2.shape[1]), dtype=dtype)
     return idx.to(torch.int32), scale, kept
+
+
+@sample_rows.register_kernel("cuda")
+def _(x, tables, factors, u, k, method, keep_rows, dtype):
+    args = (x, tables, factors, u, k, method, keep_rows, dtype)
+    if dtype in kernels.DTYPES and kernels.use_triton(x, *tables, *factors, u):
+
+        def fused():
+            from .kernels import sampling
+
+            return sampling.sample_rows(*args)
+
+        return kernels.run("wtacrs::sample_rows", fused, lambda: sample_rows._init_fn(*args))
+    return sample_rows._init_fn(*args)
 
 
 @sample_rows.register_fake
@@ -145,12 +164,40 @@ def linear_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_x exact, grad_w from the kept rows, grad_b exact), a gradient not needed as [0]; and
     ||dY_i|| folded into the history of the tracker with handle `tracker` (-1: none)."""
+    return _backward(
+        grad, weight, saved, x_shape, need_x, need_w, need_b, kept_as, transposed, source, source_weight,
+        source_bias, source_eps, source_dtype, tracker, ids, fused=False,
+    )  # fmt: skip
+
+
+@linear_backward.register_kernel("cuda")
+def _(
+    grad, weight, saved, x_shape, need_x, need_w, need_b, kept_as, transposed, source, sw, sb, eps, sdt, tracker, ids
+):
+    args = (grad, weight, saved, x_shape, need_x, need_w, need_b, kept_as, transposed, source, sw, sb, eps, sdt, tracker, ids)  # fmt: skip
+    if need_w and kept_as != "full" and kernels.use_triton(grad, weight, saved[-1] if kept_as == "rows" else None):
+        # the tracker update is the last thing _backward does: a failure in the kernel comes before it
+        return kernels.run(
+            "wtacrs::linear_backward", lambda: _backward(*args, fused=True), lambda: _backward(*args, fused=False)
+        )
+    return _backward(*args, fused=False)
+
+
+def _backward(
+    grad, weight, saved, x_shape, need_x, need_w, need_b, kept_as, transposed, source, source_weight,
+    source_bias, source_eps, source_dtype, tracker, ids, fused,
+):  # fmt: skip
+    """`linear_backward`; `fused`: the weight gradient of kept rows by the Triton matmul."""
     g2 = grad.reshape(-1, grad.shape[-1])
     gx, gw, gb = grad.new_empty(0), grad.new_empty(0), grad.new_empty(0)
     if need_x:
         w = weight.to(g2.dtype)
         gx = (g2 @ w.t() if transposed else g2 @ w).reshape(x_shape)
-    if need_w:
+    if need_w and fused:
+        gw = _fused_weight_grad(
+            g2, weight, saved, kept_as, transposed, source, source_weight, source_bias, source_eps, source_dtype
+        )
+    elif need_w:
         if kept_as == "full":
             kept_g, kept_x = g2, saved[0].reshape(-1, x_shape[-1])
         elif kept_as == "rows":
@@ -169,6 +216,20 @@ def linear_backward(
     if tracker >= 0:
         update_tracker(tracker, g2, x_shape, ids)
     return gx, gw, gb
+
+
+def _fused_weight_grad(g2, weight, saved, kept_as, transposed, source, sw, sb, eps, sdt):
+    from .kernels.weight_grad import weight_grad
+
+    if kept_as == "rows":
+        idx, rows = saved
+        scale = None
+    else:  # the source's rows are recomputed as in the reference; their scale is applied in the kernel
+        idx, scale, *tensors = saved
+        rows = row_sources.recompute(source, tensors, idx.long(), sw, sb, eps, sdt)
+    if rows.dtype not in kernels.DTYPES:
+        rows = rows.to(g2.dtype)
+    return weight_grad(g2, idx, rows, scale, transposed, weight.dtype)
 
 
 @linear_backward.register_fake

@@ -3,6 +3,10 @@ full activations alive and erase WTA-CRS's saving (see the breakdown in benchmar
 
 Each one computes exactly what the module it replaces computes in forward; what changes is what
 it keeps for backward, always through `save_for_backward` so memory accounting sees it.
+
+On CUDA tensors the bit-mask ops run one Triton kernel each (`wtacrs.kernels.bits`: the mask
+made, applied and packed in one pass; `WTACRS_TRITON=0` turns them off), the reference below
+everywhere else. The packing layout is `pack_bits`'s in both.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from . import rows as row_sources
 from .dispatch import call, register_autograd
 
@@ -41,6 +46,22 @@ def bit_dropout(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p)), pack_bits(keep)
 
 
+@bit_dropout.register_kernel("cuda")
+def _(x, p):
+    if kernels.use_triton(x) and x.is_contiguous():
+
+        def fused():
+            from .kernels import bits
+
+            # Philox keyed by a seed drawn from torch's CUDA generator, on the device: no host
+            # sync, reproducible under torch.manual_seed (another stream than torch.rand_like's)
+            seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64)
+            return bits.dropout(x, p, seed)
+
+        return kernels.run("wtacrs::bit_dropout", fused, lambda: bit_dropout._init_fn(x, p))
+    return bit_dropout._init_fn(x, p)
+
+
 @bit_dropout.register_fake
 def _(x, p):
     return torch.empty_like(x), x.new_empty(-(-x.numel() // 8), dtype=torch.uint8)
@@ -53,6 +74,19 @@ def bit_relu(x: Tensor) -> tuple[Tensor, Tensor]:
     return y, pack_bits(y > 0)
 
 
+@bit_relu.register_kernel("cuda")
+def _(x):
+    if kernels.use_triton(x) and x.is_contiguous():
+
+        def fused():
+            from .kernels import bits
+
+            return bits.relu(x)
+
+        return kernels.run("wtacrs::bit_relu", fused, lambda: bit_relu._init_fn(x))
+    return bit_relu._init_fn(x)
+
+
 @bit_relu.register_fake
 def _(x):
     return torch.empty_like(x), x.new_empty(-(-x.numel() // 8), dtype=torch.uint8)
@@ -62,6 +96,19 @@ def _(x):
 def masked_grad(grad: Tensor, bits: Tensor, scale: float) -> Tensor:
     """The backward of both: grad * mask * scale, the mask unpacked from `bits`."""
     return grad * unpack_bits(bits, grad.shape).to(grad.dtype) * scale
+
+
+@masked_grad.register_kernel("cuda")
+def _(grad, bits, scale):
+    if kernels.use_triton(grad, bits) and grad.is_contiguous() and bits.is_contiguous():
+
+        def fused():
+            from .kernels import bits as bit_kernels
+
+            return bit_kernels.masked_grad(grad, bits, scale)
+
+        return kernels.run("wtacrs::masked_grad", fused, lambda: masked_grad._init_fn(grad, bits, scale))
+    return masked_grad._init_fn(grad, bits, scale)
 
 
 @masked_grad.register_fake

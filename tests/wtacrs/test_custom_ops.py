@@ -178,3 +178,11 @@ def test_the_traced_attention_is_the_op_run_op_by_op():
     grads = [torch.autograd.grad(y, (q, k, v, bias), g) for y in (traced, op)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_the_fused_ops_have_cuda_kernels():
+    # wtacrs.kernels: on CUDA tensors these run Triton kernels (the reference with WTACRS_TRITON=0
+    # or without triton); the default implementation stays the one for every other device
+    for name in ("sample_rows", "linear_backward", "bit_dropout", "bit_relu", "masked_grad"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"wtacrs::{name}", "CUDA"), name
+        assert not torch._C._dispatch_has_kernel_for_dispatch_key(f"wtacrs::{name}", "CPU"), name
