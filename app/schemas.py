@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.timestamps import UTCDateTime
 from contract.results import JobResult, JobRows, JobStatus
-from contract.spec import JobSpec, Strict
+from contract.spec import MAX_CPU_RANKS, JobSpec, Strict
 
 
 class JobCreate(Strict):
@@ -32,12 +32,18 @@ class JobSummary(BaseModel):
     started_at: UTCDateTime | None
     finished_at: UTCDateTime | None
     error: str | None
+    gpus_needed: int = Field(0, description="GPUs a worker must have to claim it: a cuda job's world_size, else 0")
 
 
 class JobPublic(JobSummary, JobRows):
     model_config = ConfigDict(from_attributes=True, extra="ignore")
     spec: dict
     cancel_requested: bool
+    waiting_for: str | None = Field(
+        None,
+        description="a queued job that no worker seen lately can run: what it waits for, and why none "
+        "of them qualifies (e.g. a cuda job with world_size 8 and workers with at most 1 GPU)",
+    )
 
 
 class JobList(BaseModel):
@@ -67,10 +73,34 @@ class TokenPublic(BaseModel):
     token: str | None = None  # only in the response that created it
 
 
+class WorkerCapabilities(Strict):
+    """What a worker can run (app/queue/placement.py has the rule)."""
+
+    gpus: int = Field(0, ge=0, le=1024, description="CUDA GPUs it can give one job; a cuda job needs its world_size")
+    gpu_memory_bytes: int | None = Field(
+        None, ge=0, le=2**62, description="memory of each GPU (the smallest, where they differ); recorded"
+    )
+    cpu_ranks: int = Field(
+        MAX_CPU_RANKS,
+        ge=1,
+        le=4096,
+        description="gloo processes it can start for a cpu job; recorded, not a condition: any worker runs cpu jobs",
+    )
+
+
 class WorkerRegister(Strict):
     name: str = Field(min_length=1, max_length=128)
     device_name: str | None = Field(None, max_length=128)
     device_memory_bytes: int | None = Field(None, ge=0, le=2**62)
+    capabilities: WorkerCapabilities | None = Field(
+        None, description="absent (an older worker): one GPU if device_memory_bytes is given, else none"
+    )
+
+
+class ClaimRequest(Strict):
+    """The claim's optional body; a worker sending none keeps what it registered with."""
+
+    capabilities: WorkerCapabilities | None = None
 
 
 class WorkerPublic(BaseModel):
@@ -79,6 +109,9 @@ class WorkerPublic(BaseModel):
     name: str
     device_name: str | None
     device_memory_bytes: int | None
+    gpus: int | None = None
+    gpu_memory_bytes: int | None = None
+    cpu_ranks: int | None = None
     last_seen: UTCDateTime
 
 

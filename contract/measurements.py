@@ -55,7 +55,7 @@ MEASUREMENTS: dict[str, Measurement] = {
             TrialRow,
             "peak allocated bytes per (method, batch size), with a breakdown, over a few training steps",
             _TRIAL_COLUMNS,
-            ("memory", "breakdown"),
+            ("memory", "ranks", "breakdown"),
             per_batch=True,
         ),
         Measurement(

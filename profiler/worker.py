@@ -12,7 +12,7 @@ import httpx
 from pydantic import ValidationError
 
 from contract.results import JobStatus
-from contract.spec import JobSpec
+from contract.spec import MAX_CPU_RANKS, JobSpec
 
 from .runner import run_job
 
@@ -49,6 +49,23 @@ def device_info() -> dict:
     except ImportError:
         pass
     return {"device_name": f"cpu ({platform.machine()})", "device_memory_bytes": None}
+
+
+def capabilities() -> dict:
+    """What this host can run, sent with every claim: the server hands a `cuda` job with parallel
+    world_size N only to a worker with N GPUs or more (CUDA_VISIBLE_DEVICES narrows them). A `cpu`
+    job's ranks are processes here, which any worker can start. Sent in the claim, not at
+    registration: a server older than this ignores a claim's body but refuses unknown fields."""
+    gpus, memory = 0, None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = torch.cuda.device_count()
+            memory = min((torch.cuda.get_device_properties(i).total_memory for i in range(gpus)), default=None)
+    except ImportError:
+        pass
+    return {"gpus": gpus, "gpu_memory_bytes": memory, "cpu_ranks": MAX_CPU_RANKS}
 
 
 class Heartbeat(threading.Thread):
@@ -137,10 +154,11 @@ def serve_forever(
         except (httpx.TransportError, RuntimeError) as err:
             log.warning("cannot register with %s (%s); retrying", url, err)
             time.sleep(poll_s)
-    log.info("worker %s registered at %s", worker_id, url)
+    claim = {"capabilities": capabilities()}
+    log.info("worker %s registered at %s (%s)", worker_id, url, claim["capabilities"])
     while True:
         try:
-            r = api.post(f"/api/workers/{worker_id}/claim")
+            r = api.post(f"/api/workers/{worker_id}/claim", claim)
         except (httpx.TransportError, RuntimeError) as err:
             log.warning("claim failed (%s)", err)
             time.sleep(poll_s)

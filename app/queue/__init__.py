@@ -5,6 +5,17 @@
 from .connector import Connector, Event, JobState, LeaseLost
 from .jobqueue import JobQueue
 from .memory import InMemoryConnector
+from .placement import Capabilities, gpus_needed
 from .sql import SqlConnector
 
-__all__ = ["Connector", "Event", "InMemoryConnector", "JobQueue", "JobState", "LeaseLost", "SqlConnector"]
+__all__ = [
+    "Capabilities",
+    "Connector",
+    "Event",
+    "InMemoryConnector",
+    "JobQueue",
+    "JobState",
+    "LeaseLost",
+    "SqlConnector",
+    "gpus_needed",
+]

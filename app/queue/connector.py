@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from contract.results import JobStatus
 
+from .placement import Capabilities
+
 
 class LeaseLost(Exception):
     """The caller no longer holds this job (lease expired and re-claimed, cancelled, or finished)."""
@@ -34,6 +36,7 @@ class JobState:
     progress: float = 0.0
     progress_message: str | None = None
     error: str | None = None
+    gpus_needed: int = 0  # a worker advertising fewer GPUs never claims it (placement.py)
 
 
 @dataclass(frozen=True)
@@ -52,16 +55,27 @@ class Connector(Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
 
     def enqueue(
-        self, job_id: str, spec: dict, *, priority: int, max_attempts: int, actor: str, **columns: Any
+        self,
+        job_id: str,
+        spec: dict,
+        *,
+        priority: int,
+        max_attempts: int,
+        actor: str,
+        gpus_needed: int = 0,
+        **columns: Any,
     ) -> JobState:
         """A new queued job (`columns`: what the store keeps beside it) and its `created` event."""
 
     def get(self, job_id: str, for_update: bool = False) -> JobState | None:
         """`for_update`: locked for this unit of work, so no claim takes it meanwhile."""
 
-    def claim(self, worker_id: str, now: dt.datetime, expires: dt.datetime) -> JobState | None:
-        """The next queued job not asked to cancel (priority, then oldest), running under a lease
-        for this worker, attempts + 1, in one atomic step; None when there is none."""
+    def claim(
+        self, worker_id: str, now: dt.datetime, expires: dt.datetime, capabilities: Capabilities
+    ) -> JobState | None:
+        """The next queued job not asked to cancel that the worker's capabilities can run (priority,
+        then oldest), running under a lease for this worker, attempts + 1, in one atomic step, with
+        a `claimed` event that records the capabilities; None when there is none."""
 
     def held(self, job_id: str, worker_id: str, attempt: int) -> JobState:
         """The job, locked for this unit of work, if this worker holds this attempt; LeaseLost otherwise."""

@@ -17,6 +17,7 @@ from app.models import utcnow
 from contract.results import FINAL, JobStatus
 
 from .connector import Connector, Event, JobState
+from .placement import NO_GPU, Capabilities
 
 PROGRESS_MESSAGE_CHARS = 200  # the column's size
 
@@ -33,10 +34,18 @@ class JobQueue:
         return now + dt.timedelta(seconds=self.lease_seconds)
 
     def enqueue(
-        self, job_id: str, spec: dict, *, actor: str, priority: int = 0, max_attempts: int = 3, **columns
+        self,
+        job_id: str,
+        spec: dict,
+        *,
+        actor: str,
+        priority: int = 0,
+        max_attempts: int = 3,
+        gpus_needed: int = 0,
+        **columns,
     ) -> JobState:
         return self.connector.enqueue(
-            job_id, spec, priority=priority, max_attempts=max_attempts, actor=actor, **columns
+            job_id, spec, priority=priority, max_attempts=max_attempts, actor=actor, gpus_needed=gpus_needed, **columns
         )
 
     def get(self, job_id: str) -> JobState | None:
@@ -59,11 +68,12 @@ class JobQueue:
                     self.connector.finish(job.id, JobStatus.failed, "server", job.attempts, now, detail)
         return expired
 
-    def claim(self, worker_id: str) -> JobState | None:
+    def claim(self, worker_id: str, capabilities: Capabilities = NO_GPU) -> JobState | None:
+        """The next job this worker can run (no GPU unless it says so: placement.py)."""
         with self.connector.transaction():
             self.reap()
             now = self.clock()
-            return self.connector.claim(worker_id, now, self._lease_until(now))
+            return self.connector.claim(worker_id, now, self._lease_until(now), capabilities)
 
     def held(self, job_id: str, worker_id: str, attempt: int) -> JobState:
         return self.connector.held(job_id, worker_id, attempt)

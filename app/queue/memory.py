@@ -13,6 +13,7 @@ from typing import Any
 from contract.results import JobStatus
 
 from .connector import Event, JobState, LeaseLost
+from .placement import Capabilities
 
 
 @dataclasses.dataclass
@@ -23,6 +24,7 @@ class _Job:
     max_attempts: int
     order: int  # submission order: the tie-break after priority, as created_at is in SQL
     columns: dict[str, Any]
+    gpus_needed: int = 0
     status: JobStatus = JobStatus.queued
     attempts: int = 0
     cancel_requested: bool = False
@@ -47,6 +49,7 @@ class _Job:
             progress=self.progress,
             progress_message=self.progress_message,
             error=self.error,
+            gpus_needed=self.gpus_needed,
         )
 
 
@@ -69,12 +72,20 @@ class InMemoryConnector:
             return [e for e in self._events if e.job_id == job_id]
 
     def enqueue(
-        self, job_id: str, spec: dict, *, priority: int, max_attempts: int, actor: str, **columns: Any
+        self,
+        job_id: str,
+        spec: dict,
+        *,
+        priority: int,
+        max_attempts: int,
+        actor: str,
+        gpus_needed: int = 0,
+        **columns: Any,
     ) -> JobState:
         with self._lock:
             if job_id in self._jobs:
                 raise KeyError(f"job {job_id} exists")  # the SQL store refuses a duplicate key too
-            job = _Job(job_id, dict(spec), priority, max_attempts, next(self._order), columns)
+            job = _Job(job_id, dict(spec), priority, max_attempts, next(self._order), columns, gpus_needed)
             self._jobs[job_id] = job
             self.record(job_id, "created", actor)
             return job.state()
@@ -84,16 +95,22 @@ class InMemoryConnector:
             job = self._jobs.get(job_id)
             return None if job is None else job.state()
 
-    def claim(self, worker_id: str, now: dt.datetime, expires: dt.datetime) -> JobState | None:
+    def claim(
+        self, worker_id: str, now: dt.datetime, expires: dt.datetime, capabilities: Capabilities
+    ) -> JobState | None:
         with self._lock:
-            ready = [j for j in self._jobs.values() if j.status == JobStatus.queued and not j.cancel_requested]
+            ready = [
+                j
+                for j in self._jobs.values()
+                if j.status == JobStatus.queued and not j.cancel_requested and capabilities.can_run(j.gpus_needed)
+            ]
             if not ready:
                 return None
             job = min(ready, key=lambda j: (-j.priority, j.order, j.id))
             job.status, job.lease_owner, job.lease_expires_at = JobStatus.running, worker_id, expires
             job.attempts += 1
             job.started_at = job.started_at or now
-            self.record(job.id, "claimed", worker_id, job.attempts)
+            self.record(job.id, "claimed", worker_id, job.attempts, capabilities.describe())
             return job.state()
 
     def _held(self, job_id: str, worker_id: str, attempt: int) -> _Job:

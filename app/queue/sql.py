@@ -16,6 +16,7 @@ from app.timestamps import as_utc
 from contract.results import JobStatus
 
 from .connector import Event, JobState, LeaseLost
+from .placement import Capabilities
 
 # One statement, so a claim is atomic. On PostgreSQL the row lock with SKIP LOCKED lets concurrent
 # claimers pass over a job another one is taking instead of queueing behind it; SQLite serialises
@@ -24,7 +25,7 @@ _CLAIM = """
     UPDATE jobs SET status = :running, lease_owner = :worker, lease_expires_at = :expires,
                     attempts = attempts + 1, started_at = COALESCE(started_at, :now)
     WHERE id = (
-        SELECT id FROM jobs WHERE status = :queued AND NOT cancel_requested
+        SELECT id FROM jobs WHERE status = :queued AND NOT cancel_requested AND gpus_needed <= :gpus
         ORDER BY priority DESC, created_at, id LIMIT 1 {lock}
     )
     RETURNING id
@@ -50,6 +51,7 @@ def state(job: Job) -> JobState:
         progress=job.progress,
         progress_message=job.progress_message,
         error=job.error,
+        gpus_needed=job.gpus_needed,
     )
 
 
@@ -69,13 +71,22 @@ class SqlConnector:
         return [Event(e.job_id, e.kind, e.actor, e.attempt, e.detail) for e in rows.scalars()]
 
     def enqueue(
-        self, job_id: str, spec: dict, *, priority: int, max_attempts: int, actor: str, **columns: Any
+        self,
+        job_id: str,
+        spec: dict,
+        *,
+        priority: int,
+        max_attempts: int,
+        actor: str,
+        gpus_needed: int = 0,
+        **columns: Any,
     ) -> JobState:
         job = Job(
             id=job_id,
             status=JobStatus.queued,
             spec=spec,
             priority=priority,
+            gpus_needed=gpus_needed,
             max_attempts=max_attempts,
             attempts=0,
             cancel_requested=False,
@@ -95,8 +106,11 @@ class SqlConnector:
         job = self._job(job_id, for_update)
         return None if job is None else state(job)
 
-    def claim(self, worker_id: str, now: dt.datetime, expires: dt.datetime) -> JobState | None:
+    def claim(
+        self, worker_id: str, now: dt.datetime, expires: dt.datetime, capabilities: Capabilities
+    ) -> JobState | None:
         params = {
+            "gpus": capabilities.gpus,
             "worker": worker_id,
             "expires": expires,
             "now": now,
@@ -107,7 +121,7 @@ class SqlConnector:
         if row is None:
             return None
         job = self.session.get(Job, row[0], populate_existing=True)
-        self.record(job.id, "claimed", worker_id, job.attempts)
+        self.record(job.id, "claimed", worker_id, job.attempts, capabilities.describe())
         return state(job)
 
     def _held(self, job_id: str, worker_id: str, attempt: int) -> Job:

@@ -2,7 +2,8 @@
 
 An empty value ("" from a form's "any", None, an empty list) means "no condition", so a form can
 send every field. `mode` is the device a job ran on: `Job.device` for jobs, `ResultRow.mode` for
-rows (the same three words, cuda / cpu / estimate)."""
+rows (the same three words, cuda / cpu / estimate). `strategy` and `world_size` select rows by
+how they ran (a job's rows all ran one way; its spec says which)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class Filter:
     since: dt.datetime | None = None  # inclusive, UTC
     until: dt.datetime | None = None  # exclusive, UTC
     status: JobStatus | None = None  # jobs only: rows exist for finished attempts alone
+    strategy: str | None = None  # rows only: none, ddp or fsdp
+    world_size: int | None = None  # rows only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", _tuple(self.methods))
@@ -49,8 +52,14 @@ class Filter:
         conditions += [Job.created_at < self.until] if self.until else []
         return conditions
 
-    def _row_equal(self) -> dict[str, str]:
-        pairs = {"model": self.model, "mode": self.mode, "dtype": self.dtype}
+    def _row_equal(self) -> dict[str, str | int]:
+        pairs = {
+            "model": self.model,
+            "mode": self.mode,
+            "dtype": self.dtype,
+            "strategy": self.strategy,
+            "world_size": self.world_size,
+        }
         return {column: value for column, value in pairs.items() if value}
 
     def rows_where(self) -> list:

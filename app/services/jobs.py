@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, ResultRow
-from app.queue import JobQueue
+from app.queue import JobQueue, gpus_needed
 from app.schemas import JobPublic, JobSummary
+from app.services import workers
 from app.services.filters import Filter, Page
 from app.services.results import outcome_fields
 from contract.results import JobStatus
@@ -61,6 +62,7 @@ def create(
         actor=who,
         priority=priority,
         max_attempts=max_attempts,
+        gpus_needed=gpus_needed(spec),
         model=spec.model_name,
         device=spec.device,
         dtype=spec.dtype,
@@ -126,6 +128,7 @@ def public(session: Session, job: Job) -> JobPublic:
         **JobSummary.model_validate(job).model_dump(),
         spec=job.spec,
         cancel_requested=job.cancel_requested,
+        waiting_for=workers.waiting_for(session, job),
         results=list(rows),
         **outcome_fields(job),
     )

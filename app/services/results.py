@@ -1,11 +1,13 @@
 """Result rows: saving a worker's rows, querying them across jobs, and the one comparison of
 methods that the API and the compare page share.
 
-The comparison rule: for each (model, mode, dtype, method, batch) the latest stored row (the
-highest id, chosen in SQL, so no page of rows has to be pulled first), and its ratios to the
-baseline method's latest row at the same (model, mode, dtype, batch). OOM rows are kept (an OOM
-is a measurement: the page shows "OOM") but have no ratio, nor does any row whose baseline is
-missing, OOM or lacks the number."""
+The comparison rule: for each (model, mode, dtype, strategy, world_size, method, batch) the latest
+stored row (the highest id, chosen in SQL, so no page of rows has to be pulled first), and its
+ratios to the baseline method's latest row at the same (model, mode, dtype, strategy, world_size,
+batch). A 1-GPU run and an 8-rank FSDP run of one method are so two series (`series`: "full",
+"full · fsdp×8"), never one overwriting the other, each compared with the baseline run the same
+way. OOM rows are kept (an OOM is a measurement: the page shows "OOM") but have no ratio, nor does
+any row whose baseline is missing, OOM or lacks the number."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ COLUMNS = (
     "error",
     "device_name",
     "created_at",
+    "strategy",  # last, so a CSV read by position before they existed still reads the same
+    "world_size",
 )
 
 
@@ -46,7 +50,11 @@ def save(session: Session, job_id: str, result: JobRows) -> None:
     queue's to say (`JobQueue.complete`)."""
     job = session.get(Job, job_id)
     device_name = result.environment.device_name if result.environment else None
+    parallel = job.spec.get("parallel") or {}
     for row in result.results:
+        # the row's own word first (it says how it ran); the spec's for a row that does not say
+        strategy = row.strategy or parallel.get("strategy") or "none"
+        world_size = 1 if strategy == "none" else row.world_size or parallel.get("world_size") or 1
         session.add(
             ResultRow(
                 job_id=job.id,
@@ -55,6 +63,8 @@ def save(session: Session, job_id: str, result: JobRows) -> None:
                 batch_size=row.batch_size,
                 mode=row.mode,
                 dtype=job.dtype,
+                strategy=strategy,
+                world_size=world_size,
                 peak_bytes=row.peak_bytes,
                 first_step_peak_bytes=row.first_step_peak_bytes,
                 activation_bytes=row.activation_bytes,
@@ -140,11 +150,30 @@ def largest_batch_rows(session: Session, f: Filter, metric: str, batch_size: int
 
 # --- the comparison ---
 
-KEY = (ResultRow.model, ResultRow.mode, ResultRow.dtype, ResultRow.method, ResultRow.batch_size)
+KEY = (
+    ResultRow.model,
+    ResultRow.mode,
+    ResultRow.dtype,
+    ResultRow.strategy,
+    ResultRow.world_size,
+    ResultRow.method,
+    ResultRow.batch_size,
+)
+
+
+def series(row: ResultRow) -> str:
+    """The method as the compare page names a series: 'full', or 'full · fsdp×8' for a parallel run."""
+    if row.strategy in (None, "none"):
+        return row.method
+    return f"{row.method} · {row.strategy}×{row.world_size}"
+
+
+def _key(row: ResultRow, method: str | None = None) -> tuple:
+    return (row.model, row.mode, row.dtype, row.strategy, row.world_size, method or row.method, row.batch_size)
 
 
 def latest(session: Session, f: Filter) -> list[ResultRow]:
-    """The latest row per (model, mode, dtype, method, batch) among those `f` selects."""
+    """The latest row per (model, mode, dtype, strategy, world_size, method, batch) among those `f` selects."""
     newest = select(func.max(ResultRow.id)).where(*f.rows_where()).group_by(*KEY)
     return list(session.execute(select(ResultRow).where(ResultRow.id.in_(newest))).scalars())
 
@@ -157,6 +186,10 @@ def _ratio(numerator, denominator) -> float | None:
 class Compared:
     row: ResultRow
     baseline: ResultRow | None  # the baseline method's latest row at the same key and batch
+
+    @property
+    def series(self) -> str:
+        return series(self.row)
 
     @property
     def comparable(self) -> bool:
@@ -174,9 +207,12 @@ class Compared:
 
 
 def compare(session: Session, f: Filter, baseline: str) -> list[Compared]:
-    """The latest rows `f` selects, each with the baseline's, ordered by (model, mode, dtype,
-    method, batch). The baseline must be among the methods `f` selects to be found."""
+    """The latest rows `f` selects, each with the baseline's run the same way, ordered by (model,
+    mode, dtype, method, world_size, strategy, batch): a method's 1-GPU series, then its parallel
+    ones. The baseline must be among the methods `f` selects to be found."""
     rows = latest(session, f)
-    by_key = {(r.model, r.mode, r.dtype, r.method, r.batch_size): r for r in rows}
-    out = [Compared(r, by_key.get((r.model, r.mode, r.dtype, baseline, r.batch_size))) for r in rows]
-    return sorted(out, key=lambda c: (c.row.model, c.row.mode, c.row.dtype, c.row.method, c.row.batch_size))
+    by_key = {_key(r): r for r in rows}
+    out = [Compared(r, by_key.get(_key(r, baseline))) for r in rows]
+    return sorted(
+        out, key=lambda c: (*_key(c.row)[:3], c.row.method, c.row.world_size, c.row.strategy, c.row.batch_size)
+    )

@@ -3,10 +3,9 @@ registry (`contract/measurements.py`) uses for them. They read the contract's ty
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
-from contract.rows import CATEGORIES, AttributionRow, ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
+from contract.rows import CATEGORIES, AttributionRow, FidelityRow, MaxBatchRow, TrialRow
 
 from .charts import (
     BREAKDOWN_COLORS,
@@ -14,7 +13,6 @@ from .charts import (
     NO_GRADIENT,
     NOT_APPLICABLE,
     RED,
-    _accuracy_range,
     _axis,
     _batch_axis,
     _digits,
@@ -25,6 +23,8 @@ from .charts import (
     memory_text,
     memory_unit,
 )
+from .convergence_charts import accuracy_vs_memory, loss_curves
+from .parallel_charts import parallel_label, per_rank
 
 
 def _by_method(rows: list[TrialRow]) -> dict[str, list[TrialRow]]:
@@ -34,7 +34,7 @@ def _by_method(rows: list[TrialRow]) -> dict[str, list[TrialRow]]:
     return out
 
 
-def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str) -> dict:
+def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str, parallel: str | None = None) -> dict:
     styles = _styles(r.method for r in rows)
     unit, size = memory_unit(max([r.peak_bytes or 0 for r in rows] + [device_bytes or 0]))
     data = []
@@ -67,7 +67,9 @@ def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str)
     return {
         "data": data,
         "layout": _layout(
-            f"Peak memory vs batch size{label}",
+            f"Peak memory per rank vs micro-batch · {parallel}{label}"
+            if parallel
+            else f"Peak memory vs batch size{label}",
             _batch_axis(r.batch_size for r in rows),
             _memory_axis("peak memory", unit),
             shapes=shapes,
@@ -76,7 +78,8 @@ def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str)
     }
 
 
-def max_batch_bars(max_batch: list[MaxBatchRow]) -> dict:
+def max_batch_bars(max_batch: list[MaxBatchRow], parallel: str | None = None) -> dict:
+    """`parallel` ('fsdp×8'): the batches are per-rank micro-batches of that many ranks, and say so."""
     base = next((m.max_batch_size for m in max_batch if m.method == "full"), None)
     text = [f"{m.max_batch_size / base:.2f}x full" if base else "" for m in max_batch]
     styles = _styles(m.method for m in max_batch)
@@ -92,8 +95,10 @@ def max_batch_bars(max_batch: list[MaxBatchRow]) -> dict:
     }
     largest = max((m.max_batch_size for m in max_batch), default=0)
     # whole batch sizes only: below 10 plotly's automatic step would be 0.5
-    count = _axis("largest batch size", rangemode="tozero", tickformat="d", **({"dtick": 1} if largest <= 10 else {}))
-    return {"data": [bar], "layout": _layout("Largest batch that fits", _axis("method"), count, showlegend=False)}
+    what = "largest micro-batch per rank" if parallel else "largest batch size"
+    count = _axis(what, rangemode="tozero", tickformat="d", **({"dtick": 1} if largest <= 10 else {}))
+    title = f"Largest micro-batch per rank that fits · {parallel}" if parallel else "Largest batch that fits"
+    return {"data": [bar], "layout": _layout(title, _axis("method"), count, showlegend=False)}
 
 
 def throughput(rows: list[TrialRow]) -> dict:
@@ -122,6 +127,8 @@ def breakdown(rows: list[TrialRow]) -> dict:
         common = sizes if common is None else common & sizes
     batch = max(common) if common else None
     picked = {r.method: r.breakdown for r in fine if r.batch_size == batch}
+    if not picked:  # rows without a breakdown: no empty axes on the page
+        return None
     methods = list(picked)
     totals = {m: sum(picked[m].get(c, 0) for c in CATEGORIES) for m in methods}
     unit, size = memory_unit(max(totals.values(), default=0))
@@ -240,55 +247,6 @@ def fidelity(rows: list[FidelityRow]) -> dict:
     }
 
 
-def loss_curves(rows: list[ConvergenceRow], window: int = 10) -> dict:
-    """Training loss per method on one pair of axes (a trailing mean over `window` steps: per-step
-    losses of small batches are mostly batch noise), plus the held-out loss at each epoch end."""
-    styles = _styles(r.method for r in rows)
-    data = []
-    for r in rows:
-        style = styles[r.method]
-        losses = r.losses
-        sums = [0.0, *itertools.accumulate(losses)]
-        smooth = [(sums[n] - sums[max(0, n - window)]) / min(n, window) for n in range(1, len(losses) + 1)]
-        steps = list(range(1, len(losses) + 1))
-        data.append(_line(r.method, steps, smooth, mode="lines", legendgroup=r.method, line=style["line"]))
-        evals = r.evals
-        data.append(
-            _line(
-                f"{r.method} (held-out)",
-                [e.step for e in evals],
-                [e.loss for e in evals],
-                mode="markers",
-                legendgroup=r.method,
-                marker=style["marker"] | {"size": style["marker"]["size"] + 1},
-            )
-        )
-    layout = _layout(f"Training loss (mean of {window} steps)", _axis("step"), _axis("loss"), hovermode="x unified")
-    return {"data": data, "layout": layout}
-
-
-def accuracy_vs_memory(rows: list[ConvergenceRow]) -> dict:
-    styles = _styles(r.method for r in rows)
-    unit, size = memory_unit(max((r.peak_bytes for r in rows), default=0))
-    data = [
-        _line(
-            r.method,
-            [r.peak_bytes / size],
-            [100 * r.accuracy],
-            mode="markers+text",
-            text=[f"{r.method} {100 * r.accuracy:.1f}%"],
-            textposition="top center",
-            marker=styles[r.method]["marker"] | {"size": 12},
-        )
-        for r in rows
-    ]
-    widest = max((r.peak_bytes for r in rows), default=0) / size
-    # memory from zero, with room right of the last point for its label
-    xaxis = _memory_axis("peak memory, measured", unit, range=[0, 1.2 * widest or 1])
-    yaxis = _axis("held-out accuracy (%)", ticksuffix="%", range=_accuracy_range([100 * r.accuracy for r in rows]))
-    return {"data": data, "layout": _layout("Held-out accuracy vs peak memory", xaxis, yaxis, showlegend=False)}
-
-
 def frontier(rows: list[TrialRow]) -> dict | None:
     """Peak memory against tokens/s, every (method, batch) measured: the points no other beats on
     both axes are joined, so a user sees which method and batch to pick."""
@@ -396,10 +354,13 @@ def _throughput(job, device_bytes):
 
 
 # name -> figure of a job (its results and environment) and the device's memory in bytes, or None;
-# in the order the job page lays them out
+# in the order the job page lays them out.
 JOB_CHARTS: dict[str, Callable] = {
-    "memory": lambda job, device_bytes: memory_vs_batch(job.results, device_bytes, job.device),
-    "max_batch": lambda job, device_bytes: max_batch_bars(job.max_batch),
+    "memory": lambda job, device_bytes: memory_vs_batch(
+        job.results, device_bytes, job.device, parallel_label(job.spec)
+    ),
+    "ranks": lambda job, device_bytes: per_rank(job.results, job.spec),
+    "max_batch": lambda job, device_bytes: max_batch_bars(job.max_batch, parallel_label(job.spec)),
     "throughput": _throughput,
     "breakdown": lambda job, device_bytes: breakdown(job.results),
     "frontier": lambda job, device_bytes: frontier(job.results),

@@ -1,12 +1,13 @@
 """The compare page's table: `services.results.compare` (the latest row per key, ratio to a
-baseline) laid out as (model, mode, dtype, method) x batch size, and as CSV."""
+baseline) laid out as (model, mode, dtype, series) x batch size, and as CSV. A series is a method
+as it ran: "full", or "full · fsdp×8" (services.results.series)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from app.models import ResultRow
-from app.services.results import Compared
+from app.services.results import Compared, series
 from app.web.charts import memory_text
 
 
@@ -22,11 +23,11 @@ class Cell:
 
 
 def pivot(compared: list[Compared]) -> dict[tuple, dict[int, Cell]]:
-    """(model, mode, dtype, method) -> {batch: Cell}, in `compare`'s order."""
+    """(model, mode, dtype, series) -> {batch: Cell}, in `compare`'s order."""
     out: dict[tuple, dict[int, Cell]] = {}
     for c in compared:
         r = c.row
-        out.setdefault((r.model, r.mode, r.dtype, r.method), {})[r.batch_size] = Cell(r, c.memory_ratio)
+        out.setdefault((r.model, r.mode, r.dtype, series(r)), {})[r.batch_size] = Cell(r, c.memory_ratio)
     return out
 
 
@@ -41,6 +42,8 @@ CSV_COLUMNS = (
     "ratio_to_baseline",
     "baseline",
     "job_id",
+    "strategy",  # last, so a CSV read by position before they existed still reads the same
+    "world_size",
 )
 
 
@@ -50,7 +53,9 @@ def csv_rows(table: dict[tuple, dict[int, Cell]], baseline: str) -> list[dict]:
             "model": k[0],
             "mode": k[1],
             "dtype": k[2],
-            "method": k[3],
+            "method": c.row.method,
+            "strategy": c.row.strategy,
+            "world_size": c.row.world_size,
             "batch_size": b,
             "peak_bytes": c.row.peak_bytes,
             "oom": c.row.oom,

@@ -7,13 +7,13 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import plotly
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from app.api.deps import Reader, SessionDep
 from app.services import jobs as job_service
@@ -21,6 +21,7 @@ from app.services import results
 from app.services.filters import Filter, Page
 from app.web import charts, pivot
 from app.web.job_charts import JOB_CHARTS, WIDE_CHARTS, memory_vs_batch
+from app.web.parallel_charts import parallel_label
 from contract.measurements import MEASUREMENTS
 from contract.results import JobStatus
 from contract.rows import TrialRow
@@ -35,7 +36,10 @@ EXAMPLE_SPEC = _EXAMPLE.read_text() if _EXAMPLE.exists() else "{}"  # prefills t
 METRICS = {"peak_bytes": 1 / GIB, "first_step_peak_bytes": 1 / GIB, "activation_bytes": 1 / GIB, "tokens_per_s": 1}
 JOBS_SHOWN = 200
 # the filter forms send "" for "any"
-AnyStatus = Annotated[JobStatus | None, BeforeValidator(lambda value: value or None)]
+_ANY = BeforeValidator(lambda value: value or None)
+AnyStatus = Annotated[JobStatus | None, _ANY]
+AnyStrategy = Annotated[Literal["none", "ddp", "fsdp"] | None, _ANY]
+AnyWorldSize = Annotated[Annotated[int, Field(ge=1, le=1024)] | None, _ANY]
 
 
 @router.get("/static/plotly.min.js")
@@ -102,6 +106,7 @@ def job_page(request: Request, job_id: str, session: SessionDep, _: Reader) -> H
         figures=json.dumps(figures),
         panels=list(JOB_CHARTS),
         wide=WIDE_CHARTS,
+        parallel=parallel_label(job.spec),
         spec=json.dumps(job.spec, indent=2),
         environment=json.dumps(env, indent=2),
     )
@@ -118,16 +123,26 @@ def compare_page(
     mode: str | None = None,
     baseline: str = "full",
     jobs: str | None = Query(None, description="comma-separated job ids to compare"),
+    strategy: AnyStrategy = None,
+    world_size: AnyWorldSize = None,
 ) -> HTMLResponse:
     models, model = _models(session, model)
     job_ids = [j.strip() for j in (jobs or "").split(",")]
-    f = Filter(model=model, methods=method, mode=mode, dtype=dtype, job_ids=job_ids)
+    f = Filter(
+        model=model,
+        methods=method,
+        mode=mode,
+        dtype=dtype,
+        job_ids=job_ids,
+        strategy=strategy,
+        world_size=world_size,
+    )
     compared = results.compare(session, f, baseline)
     rows = [c.row for c in compared]
     table = pivot.pivot(compared)
     batches = sorted({r.batch_size for r in rows})
     lines = [
-        {"mode": k[1], "dtype": k[2], "method": k[3], "cells": [cells.get(b) for b in batches]}
+        {"mode": k[1], "dtype": k[2], "series": k[3], "cells": [cells.get(b) for b in batches]}
         for k, cells in table.items()
     ]
     reconcile = []  # where a spec ran both estimated and measured: the estimate's error per category
@@ -149,7 +164,7 @@ def compare_page(
                     "categories": {c: (eb.get(c, 0) - mb.get(c, 0)) / GIB for c in charts.CATEGORIES},
                 }
             )
-    by_mode = [TrialRow.model_validate(dict(r.data, method=f"{r.method} [{r.mode}]")) for r in rows]
+    by_mode = [TrialRow.model_validate(dict(r.data, method=f"{results.series(r)} [{r.mode}]")) for r in rows]
     figure = memory_vs_batch(by_mode, None, mode or "mixed") if rows else None
     return page(
         request,
@@ -161,7 +176,14 @@ def compare_page(
         reconcile=reconcile,
         baseline=baseline,
         figure=json.dumps(figure),
-        filters={"dtype": dtype, "mode": mode, "jobs": jobs or "", "method": method or []},
+        filters={
+            "dtype": dtype,
+            "mode": mode,
+            "jobs": jobs or "",
+            "method": method or [],
+            "strategy": strategy,
+            "world_size": world_size,
+        },
         methods=results.methods(session, model),
         export_query=request.url.query,
     )
@@ -176,9 +198,12 @@ def compare_csv(
     dtype: str | None = None,
     mode: str | None = None,
     baseline: str = "full",
+    strategy: AnyStrategy = None,
+    world_size: AnyWorldSize = None,
 ) -> Response:
-    """The pivot (model x method x batch, ratio to the baseline) as CSV."""
-    table = pivot.pivot(results.compare(session, Filter(model=model, methods=method, mode=mode, dtype=dtype), baseline))
+    """The pivot (model x series x batch, ratio to the baseline) as CSV."""
+    f = Filter(model=model, methods=method, mode=mode, dtype=dtype, strategy=strategy, world_size=world_size)
+    table = pivot.pivot(results.compare(session, f, baseline))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=pivot.CSV_COLUMNS)
     writer.writeheader()

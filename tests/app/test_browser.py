@@ -59,6 +59,26 @@ SMALL_ROWS = [
     for m, d in SMALL_METHODS
     for b in (2, 3, 4)
 ]
+# a measured 2-rank FSDP job: rank 0 holds FSDP's padded shard, a little more than rank 1
+PARALLEL_ROWS = [
+    {
+        "method": m,
+        "batch_size": b,
+        "mode": "cpu",
+        "strategy": "fsdp",
+        "world_size": 2,
+        "peak_bytes": int((60 + f * b) * 2**20),
+        "ranks": [
+            {"rank": 0, "peak_bytes": int((60 + f * b) * 2**20), "step_time_s": 0.2},
+            {"rank": 1, "peak_bytes": int((58 + f * b) * 2**20), "step_time_s": 0.21},
+        ],
+        "peak_spread_bytes": 2 * 2**20,
+        "oom": False,
+        "error": None,
+    }
+    for m, f in (("full", 4.0), ("wtacrs@0.3", 2.0))
+    for b in (2, 4)
+]
 LAYERS = [f"transformer.h.{i}.mlp.{n}" for i in (0, 1) for n in ("c_fc", "c_proj")]
 FIDELITY = [
     {
@@ -166,6 +186,14 @@ def site(tmp_path_factory):
             "measurements": ["peak_memory", "throughput", "fidelity"],
         }
         small_id = finish(spec, {"results": SMALL_ROWS, "fidelity": FIDELITY})
+        spec = json.loads((ROOT / "examples" / "minimal.json").read_text()) | {
+            "model": "llama-tiny",
+            "measurements": ["peak_memory", "max_batch_size"],
+            "target_memory_gb": 1,
+            "parallel": {"strategy": "fsdp", "world_size": 2},
+        }
+        max_batch = [{"method": m, "max_batch_size": n, "mode": "cpu"} for m, n in (("full", 6), ("wtacrs@0.3", 9))]
+        parallel_id = finish(spec, {"results": PARALLEL_ROWS, "max_batch": max_batch})
     with stack, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -184,6 +212,7 @@ def site(tmp_path_factory):
             "job_id": job_id,
             "convergence_id": convergence_id,
             "small_id": small_id,
+            "parallel_id": parallel_id,
             "browser": browser,
         }
         browser.close()
@@ -264,6 +293,23 @@ def test_convergence_job_draws_loss_curves_and_accuracy_vs_memory(site):
     shot(page, "job-convergence")
 
 
+def test_parallel_job_draws_memory_per_rank(site):
+    page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
+    page.goto(f"{site['url']}/jobs/{site['parallel_id']}")
+    for chart in ("memory", "ranks", "max_batch"):
+        page.wait_for_selector(f"#chart-{chart} .main-svg", timeout=15000)
+    assert page.locator("#chart-ranks .trace.bars").count() == 2  # one per method
+    assert ticks(page, "ranks", "x") == ["rank 0", "rank 1"]
+    assert page.text_content("#chart-ranks .gtitle") == "Peak memory per rank · fsdp×2, batch 4 (measured)"
+    assert page.text_content("#chart-max_batch .gtitle") == "Largest micro-batch per rank that fits · fsdp×2"
+    assert "fsdp×2" in page.inner_text("h1")
+    assert page.locator("#chart-breakdown").inner_html() == ""  # these rows have no breakdown: nothing drawn
+    row = page.locator("#table-ranks tr", has_text="wtacrs@0.3").inner_text()
+    assert "68.0 MiB" in row and "66.0 MiB" in row and "2.00 MiB" in row
+    shot(page, "job-parallel")
+    assert_titles_clear_of_the_modebar(page, ("memory", "ranks", "max_batch"))
+
+
 def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
     page.goto(site["url"] + "/")
@@ -280,7 +326,7 @@ def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page.wait_for_selector("#status")  # the job exists as soon as the 201 arrives (committed first)
     assert page.inner_text("#status") == "queued"
     page.goto(site["url"] + "/")
-    assert page.locator("#jobs tr").count() == 5  # header + the three finished jobs + the new one
+    assert page.locator("#jobs tr").count() == 6  # header + the four finished jobs + the new one
     shot(page, "jobs")
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.web import charts, job_charts
+from app.web import charts, job_charts, parallel_charts
 from contract.rows import AttributionRow, ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
 
 MIB, GIB = 2**20, 2**30
@@ -30,6 +30,32 @@ def as_max_batch(rows):
     return [MaxBatchRow.model_validate({"mode": "cpu", **r}) for r in rows]
 
 
+FSDP2 = {"device": "cpu", "parallel": {"strategy": "fsdp", "world_size": 2}}
+
+
+def ranked(methods, batches, world_size=2, **extra):
+    """Measured fsdp rows: rank r of method i holds (100 + 10 i + r) MiB."""
+    out = []
+    for i, m in enumerate(methods):
+        for b in batches:
+            peaks = [(100 + 10 * i + r + b) * MIB for r in range(world_size)]
+            ranks = [{"rank": r, "peak_bytes": p, "step_time_s": 0.1 * (r + 1)} for r, p in enumerate(peaks)]
+            out.append(
+                TrialRow(
+                    method=m,
+                    batch_size=b,
+                    mode="cpu",
+                    peak_bytes=max(peaks),
+                    strategy="fsdp",
+                    world_size=world_size,
+                    ranks=ranks,
+                    peak_spread_bytes=max(peaks) - min(peaks),
+                    **extra,
+                )
+            )
+    return out
+
+
 def tiny(m, b):  # bert-tiny: ~96 MiB, lora 0.003 MiB above full
     return int((96 + 0.4 * b + (0.003 if m == "lora" else 0)) * MIB)
 
@@ -52,6 +78,7 @@ def every_figure():
         "loss": job_charts.loss_curves(as_convergence(conv)),
         "accuracy": job_charts.accuracy_vs_memory(as_convergence(conv)),
         "history": charts.history(points, "peak_bytes GiB"),
+        "ranks": parallel_charts.per_rank(ranked(["full", "lora"], [2, 4]), FSDP2),
     }
 
 
@@ -240,3 +267,53 @@ def test_attribution_bars_the_largest_modules_per_method():
     assert full["x"] == [4, 3] and sampled["x"] == [1, 3]
     assert fig["table"]["rows"][1][3:5] == ["encoder.block.*.SelfAttention", "75%"]
     assert job_charts.attribution([AttributionRow(method="full", batch_size=1, mode="cpu", oom=True)]) is None
+
+
+def test_per_rank_memory_has_a_bar_per_rank_per_method_at_one_batch():
+    rows = ranked(["full", "lora"], [2, 4]) + ranked(["wtacrs@0.3"], [2])  # 4 is not common to all
+    fig = parallel_charts.per_rank(rows, FSDP2)
+    assert [(t["type"], t["name"], t["x"]) for t in fig["data"]] == [
+        ("bar", m, ["rank 0", "rank 1"]) for m in ("full", "lora", "wtacrs@0.3")
+    ]
+    assert fig["data"][0]["y"] == [102, 103] and fig["data"][0]["text"] == ["100 ms/step", "200 ms/step"]
+    assert fig["layout"]["barmode"] == "group" and fig["layout"]["yaxis"]["title"]["text"] == "peak memory (MiB)"
+    colors = {t["name"]: t["marker"]["color"] for t in fig["data"]}
+    assert colors["full"] != colors["lora"]  # one colour per method, as in the other charts
+    title = fig["layout"]["title"]["text"]
+    assert title == "Peak memory per rank · fsdp×2, batch 2 (measured)"
+    assert fig["table"]["columns"] == ["method", "batch per rank", "rank 0", "rank 1", "spread (max - min)"]
+    assert fig["table"]["rows"][0] == ["full", "2", "102 MiB", "103 MiB", "1.00 MiB"]
+
+
+def test_per_rank_memory_of_an_estimate_is_rank_0_and_says_so():
+    rows = [
+        TrialRow(
+            method=m, batch_size=2, mode="estimate", measured=False, peak_bytes=p, strategy="fsdp", world_size=8, rank=0
+        )
+        for m, p in (("full", 3 * GIB), ("lora", 2 * GIB))
+    ]
+    fig = parallel_charts.per_rank(rows, {"parallel": {"strategy": "fsdp", "world_size": 8}})
+    assert [(t["x"], t["y"]) for t in fig["data"]] == [(["rank 0"], [3.0]), (["rank 0"], [2.0])]
+    assert "fsdp×8" in fig["layout"]["title"]["text"] and "(estimated: rank 0)" in fig["layout"]["title"]["text"]
+    assert fig["table"]["rows"][1][-1] == "N/A (rank 0 only)"
+
+
+def test_no_per_rank_chart_for_one_device_or_failed_rows():
+    assert parallel_charts.per_rank(rows(["full"], [2], tiny), {"device": "cpu"}) is None
+    assert job_charts.breakdown(rows(["full"], [2], tiny)) is None  # no breakdown in the rows: no empty axes
+    failed = [TrialRow(method="full", batch_size=2, mode="cpu", oom=True, strategy="ddp", world_size=2)]
+    assert parallel_charts.per_rank(failed, {"parallel": {"strategy": "ddp", "world_size": 2}}) is None
+
+
+def test_parallel_jobs_label_the_max_batch_and_memory_charts_per_rank():
+    bars = job_charts.max_batch_bars(as_max_batch([{"method": "full", "max_batch_size": 3}]), "fsdp×8")
+    assert bars["layout"]["title"]["text"] == "Largest micro-batch per rank that fits · fsdp×8"
+    assert bars["layout"]["yaxis"]["title"]["text"] == "largest micro-batch per rank"
+    memory = job_charts.memory_vs_batch(ranked(["full"], [2]), None, "cpu", "fsdp×2")
+    assert memory["layout"]["title"]["text"] == "Peak memory per rank vs micro-batch · fsdp×2 (measured)"
+    assert parallel_charts.parallel_label({"parallel": {"strategy": "none", "world_size": 1}}) is None
+    assert parallel_charts.parallel_label({}) is None
+    assert (
+        job_charts.max_batch_bars(as_max_batch([{"method": "full", "max_batch_size": 3}]))["layout"]["title"]["text"]
+        == "Largest batch that fits"
+    )

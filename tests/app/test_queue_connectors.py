@@ -10,7 +10,7 @@ import pytest
 
 from app.db import Database
 from app.main import migrate
-from app.queue import InMemoryConnector, JobQueue, LeaseLost, SqlConnector
+from app.queue import Capabilities, InMemoryConnector, JobQueue, LeaseLost, SqlConnector
 from contract.results import JobStatus
 from tests.app.conftest import postgres_schema_url
 
@@ -44,9 +44,17 @@ class Queue:
 
         return call
 
-    def submit(self, job_id, priority=0, max_attempts=3):
+    def submit(self, job_id, priority=0, max_attempts=3, gpus_needed=0):
         spec = {"model": "bert-tiny", "n": job_id}
-        return self.enqueue(job_id, spec, actor="alice", priority=priority, max_attempts=max_attempts, **COLUMNS)
+        return self.enqueue(
+            job_id,
+            spec,
+            actor="alice",
+            priority=priority,
+            max_attempts=max_attempts,
+            gpus_needed=gpus_needed,
+            **COLUMNS,
+        )
 
     def kinds(self, job_id):
         return [e.kind for e in self.events(job_id)]
@@ -198,3 +206,54 @@ def test_concurrent_claims_never_share_a_job(queue):
     for t in threads:
         t.join()
     assert sorted(got) == sorted(ids)
+
+
+def test_a_job_needing_gpus_is_claimed_only_by_a_worker_that_has_them(queue):
+    """A cuda job with parallel world_size 2 needs 2 GPUs; cpu and estimate jobs need none."""
+    queue.submit("fsdp2", priority=5, gpus_needed=2)
+    queue.submit("cpu")
+    assert queue.claim("w0", Capabilities(gpus=0)).id == "cpu"  # passes over the first, which it cannot run
+    assert queue.claim("w1", Capabilities(gpus=1)) is None
+    assert queue.get("fsdp2").status == JobStatus.queued and queue.get("fsdp2").gpus_needed == 2
+    job = queue.claim("w2", Capabilities(gpus=2, gpu_memory_bytes=80 * 2**30, cpu_ranks=16))
+    assert (job.id, job.lease_owner, job.attempts, job.gpus_needed) == ("fsdp2", "w2", 1, 2)
+    (claimed,) = [e for e in queue.events("fsdp2") if e.kind == "claimed"]
+    assert claimed.actor == "w2" and claimed.detail == "worker has 2 GPUs of 80.0 GiB, 16 cpu ranks"
+
+
+def test_a_gpu_worker_takes_cpu_jobs_too_and_the_default_claim_has_no_gpu(queue):
+    queue.submit("one-gpu", gpus_needed=1)
+    queue.submit("cpu")
+    assert queue.claim("plain").id == "cpu"  # no capabilities given: none assumed
+    assert queue.claim("plain") is None
+    queue.submit("cpu2")
+    assert [queue.claim("big", Capabilities(gpus=8)).id for _ in range(2)] == ["one-gpu", "cpu2"]
+
+
+def test_a_gpu_job_back_from_an_expired_lease_still_needs_its_gpus(queue):
+    queue.submit("fsdp4", gpus_needed=4)
+    assert queue.claim("w4", Capabilities(gpus=4)).id == "fsdp4"
+    queue.clock.advance(LEASE + 1)
+    assert queue.claim("w1", Capabilities(gpus=1)) is None  # reaped back to the queue, not handed to it
+    assert queue.get("fsdp4").status == JobStatus.queued
+    assert queue.claim("w8", Capabilities(gpus=8)).attempts == 2
+
+
+def test_concurrent_mixed_workers_claim_each_job_once_and_only_what_they_can_run(queue):
+    needs = {f"j{i:02d}": 2 if i % 2 else 0 for i in range(24)}
+    for job_id, gpus in sorted(needs.items()):
+        queue.submit(job_id, gpus_needed=gpus)
+    got, lock = [], threading.Lock()
+
+    def work(worker, gpus):
+        while (job := queue.claim(worker, Capabilities(gpus=gpus))) is not None:
+            with lock:
+                got.append((job.id, gpus))
+
+    threads = [threading.Thread(target=work, args=(f"w{i}", 2 * (i % 2))) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(job_id for job_id, _ in got) == sorted(needs)
+    assert all(needs[job_id] <= gpus for job_id, gpus in got)

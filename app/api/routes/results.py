@@ -29,6 +29,10 @@ async def row_filter(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     job_id: str | None = Query(None, description="one job's rows"),
+    strategy: str | None = Query(
+        None, pattern="^(none|ddp|fsdp)$", description="how the rows ran: none (one device), ddp or fsdp"
+    ),
+    world_size: int | None = Query(None, ge=1, le=1024, description="ranks the rows ran on (1: one device)"),
 ) -> Filter:
     # a time without an offset is UTC, like every stored one; one with an offset is converted
     try:
@@ -36,7 +40,15 @@ async def row_filter(
     except OverflowError:
         raise HTTPException(422, "since/until is out of range once converted to UTC (years 1-9999)") from None
     return Filter(
-        model=model, methods=method, mode=mode or device, dtype=dtype, job_ids=[job_id], since=since, until=until
+        model=model,
+        methods=method,
+        mode=mode or device,
+        dtype=dtype,
+        job_ids=[job_id],
+        since=since,
+        until=until,
+        strategy=strategy,
+        world_size=world_size,
     )
 
 
@@ -61,13 +73,14 @@ async def query_results(request: Request, _: Reader, f: FilterDep, p: PageDep) -
 
 @router.get("/compare")
 def compare(session: SessionDep, _: Reader, f: FilterDep, p: PageDep, baseline: str = "full") -> list[dict]:
-    """Per (mode, dtype, batch, method): the latest row's peak memory and tokens/s, and their
-    ratios to the baseline method's latest row (None for OOM rows or without a baseline).
+    """Per (mode, dtype, batch, method, strategy, world_size): the latest row's peak memory and
+    tokens/s, and their ratios to the baseline method's latest row run the same way (None for OOM
+    rows or without a baseline). `series` names each: "full", or "full · fsdp×8" for 8 FSDP ranks.
     limit/offset page these entries; the ratios are computed over all of them first."""
     if not f.model:
         raise HTTPException(422, "compare needs ?model=<name>: ratios only make sense within one model")
     compared = results.compare(session, f, baseline)
-    compared.sort(key=lambda c: (c.row.mode, c.row.dtype, c.row.batch_size, c.row.method))
+    compared.sort(key=lambda c: (c.row.mode, c.row.dtype, c.row.batch_size, c.row.method, c.row.world_size))
     return [
         {
             "model": c.row.model,
@@ -75,6 +88,9 @@ def compare(session: SessionDep, _: Reader, f: FilterDep, p: PageDep, baseline: 
             "dtype": c.row.dtype,
             "batch_size": c.row.batch_size,
             "method": c.row.method,
+            "strategy": c.row.strategy,
+            "world_size": c.row.world_size,
+            "series": c.series,
             "peak_bytes": c.row.peak_bytes,
             "tokens_per_s": c.row.tokens_per_s,
             "oom": c.row.oom,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Response, status
@@ -11,8 +10,17 @@ from app.api.bodies import JsonBody
 from app.api.deps import QueueDep, SessionDep, WorkerAuth
 from app.models import Worker, utcnow
 from app.queue import LeaseLost
-from app.schemas import AttemptFailure, AttemptResult, Claimed, Heartbeat, HeartbeatReply, WorkerPublic, WorkerRegister
-from app.services import results
+from app.schemas import (
+    AttemptFailure,
+    AttemptResult,
+    Claimed,
+    ClaimRequest,
+    Heartbeat,
+    HeartbeatReply,
+    WorkerPublic,
+    WorkerRegister,
+)
+from app.services import results, workers
 
 router = APIRouter(prefix="/api/workers", tags=["workers"])
 RESULT_BODY = JsonBody(AttemptResult)
@@ -36,22 +44,19 @@ def _lost(err: LeaseLost) -> HTTPException:
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=WorkerPublic)
 def register(body: WorkerRegister, session: SessionDep, who: WorkerAuth) -> Worker:
-    worker = Worker(
-        id=uuid.uuid4().hex[:16],
-        name=body.name,
-        token_name=who.name,
-        device_name=body.device_name,
-        device_memory_bytes=body.device_memory_bytes,
-    )
-    session.add(worker)
-    session.flush()
-    return worker
+    return workers.register(session, body, who.name)
 
 
-@router.post("/{worker_id}/claim", response_model=Claimed, responses={204: {"description": "nothing queued"}})
-def claim(worker_id: str, session: SessionDep, queue: QueueDep, who: WorkerAuth):
-    _worker(session, worker_id, who)
-    job = queue.claim(worker_id)
+@router.post(
+    "/{worker_id}/claim", response_model=Claimed, responses={204: {"description": "nothing queued it can run"}}
+)
+def claim(worker_id: str, session: SessionDep, queue: QueueDep, who: WorkerAuth, body: ClaimRequest | None = None):
+    """The next job this worker can run: a cuda job only where it advertises world_size GPUs or more
+    (no body, or no capabilities: what it registered with)."""
+    worker = _worker(session, worker_id, who)
+    if body is not None and body.capabilities is not None:
+        workers.advertise(worker, body.capabilities)  # kept, so a queued job can say who could run it
+    job = queue.claim(worker_id, workers.capabilities(worker))
     if job is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return Claimed(job_id=job.id, attempt=job.attempts, spec=job.spec, lease_seconds=queue.lease_seconds)

@@ -50,6 +50,9 @@ function pollJob(id, status) {
     document.getElementById("status").textContent = job.status;
     document.getElementById("progress").value = job.progress;
     document.getElementById("progress-msg").textContent = job.progress_message || "";
+    const waiting = document.getElementById("waiting");  // a worker able to run it may come or go
+    waiting.textContent = job.waiting_for ? "Waiting for " + job.waiting_for : "";
+    waiting.hidden = !job.waiting_for;
     if (job.status === "queued" || job.status === "running") pollJob(id, job.status);
     else location.reload();
   }, 2000);
