@@ -1,9 +1,21 @@
 """Every family x every dtype users train in, with the recommended preset and with LoRA on top:
 a training step with finite gradients, and at ratio 1.0 gradients as close to the exact (fp32,
 unpatched) ones as the unpatched model's in the same dtype are. (A bf16 test on one tiny BERT
-once hid a LLaMA crash under autocast.)"""
+once hid a LLaMA crash under autocast.)
+
+"As close" is judged on the median over a few batches, not on one. In 16 bits a ReLU unit whose
+pre-activation is within rounding of zero lands on either side depending on how the forward
+rounded, and in these tiny models one such flip in T5's last decoder feed-forward moves up to 13%
+of that layer's gradient and, through backprop, of every decoder layer below it. Which units flip
+is a lottery every implementation plays alike (T5, 8 seeds x 5 batches, bf16 weights: 540 flips
+for eager attention, 529 for SDPA, 547 for the preset's; on the first batch the last feed-forward's
+gradient with its flipped units left out is 0.0055-0.0063 off for all three), so on one batch any
+of them can draw up to 3.5x another's error: T5's first batch did for the preset (worst decoder
+layer 0.068 vs 0.019), as other batches do for eager.
+The median over batches is robust to the draws and still fails a systematically worse gradient."""
 
 import contextlib
+import statistics
 
 import pytest
 import torch
@@ -17,16 +29,18 @@ DTYPES = {  # name -> (autocast dtype or None, weight dtype, rounding error allo
     "fp16-autocast": (torch.float16, torch.float32, 2**-11),
     "bf16-weights": (None, torch.bfloat16, 2**-8),
 }
+BATCHES = range(5)  # input seeds of the ratio-1.0 comparison (see the module docstring)
 
 
 def _grads(model):
     return {n.replace(".base_layer", ""): p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _step(model, family, autocast_dtype):
+def _step(model, family, autocast_dtype, seed=0):
+    model.zero_grad(set_to_none=True)
     context = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with context:
-        loss = model(**inputs(family)).loss
+        loss = model(**inputs(family, seed=seed)).loss
     loss.backward()
     return loss.float().item()
 
@@ -47,36 +61,40 @@ def _model(family, weights, lora, attention="sdpa"):
 @pytest.mark.parametrize("lora", [False, True], ids=["preset", "lora+preset"])
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("family", sorted(TINY))
-def test_a_step_in_every_dtype(family, dtype, lora, request):
-    if family == "t5" and dtype == "bf16-weights" and not lora:
-        # Known gap, left visible: with bf16 weights T5's decoder gradients under the preset's
-        # attention are 1.8x (median) to 3.6x eager's error against fp32 (0.060 vs 0.019 on the
-        # worst layer), though every attention output in the forward is as close as eager's.
-        # Strict: the day it holds, this xfail fails and comes out.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="T5 bf16-weights decoder gradients, see comment"))
+def test_a_step_in_every_dtype(family, dtype, lora):
     autocast_dtype, weights, eps = DTYPES[dtype]
     exact = _model(family, torch.float32, lora).eval()  # eval: no dropout, the same function each time
     patched = _model(family, weights, lora).eval()
     wtacrs.apply_wtacrs(patched, wtacrs.WTACRSConfig(ratio=1.0))
-    _step(exact, family, None)
-    _step(patched, family, autocast_dtype)
     # the unpatched model in the same dtype, with either attention a user may run: eager rounds
     # like the preset's attention (and a GPU's fused kernels) do; the CPU's SDPA keeps more bits
-    references = []
-    for attention in ("sdpa", "eager"):
-        references.append(_model(family, weights, lora, attention).eval())
-        _step(references[-1], family, autocast_dtype)
-    truth, got, refs = _grads(exact), _grads(patched), [_grads(r) for r in references]
-    assert truth and all(got.keys() == r.keys() == truth.keys() for r in refs)
-    largest = max(g.norm() for g in truth.values())
-    for name, g in got.items():
-        assert torch.isfinite(g).all(), name
-        scale = truth[name].norm()
-        if scale < 1e-4 * largest:  # zero in exact arithmetic (e.g. a key bias under softmax)
+    references = [_model(family, weights, lora, attention).eval() for attention in ("sdpa", "eager")]
+    ours, theirs, scale = {}, [{} for _ in references], {}  # name -> one relative error per batch
+    for seed in BATCHES:
+        _step(exact, family, None, seed)
+        _step(patched, family, autocast_dtype, seed)
+        for r in references:
+            _step(r, family, autocast_dtype, seed)
+        truth, got, refs = _grads(exact), _grads(patched), [_grads(r) for r in references]
+        assert truth and all(got.keys() == r.keys() == truth.keys() for r in refs)
+        for name, g in got.items():
+            assert torch.isfinite(g).all(), name
+            norm = truth[name].norm().clamp_min(torch.finfo(torch.float32).tiny)
+            scale[name] = max(scale.get(name, 0.0), norm.item())
+            ours.setdefault(name, []).append(((g - truth[name]).norm() / norm).item())
+            for errors, r in zip(theirs, refs):
+                errors.setdefault(name, []).append(((r[name] - truth[name]).norm() / norm).item())
+    largest = max(scale.values())
+    for name, errors in ours.items():
+        if scale[name] < 1e-4 * largest:  # zero in exact arithmetic (e.g. a key bias under softmax)
             continue
-        ours = (g - truth[name]).norm() / scale
-        theirs = max((r[name] - truth[name]).norm() / scale for r in refs)
-        assert ours <= 2 * theirs + 4 * eps, f"{name}: error {ours:.3g} vs unpatched {theirs:.3g} in {dtype}"
+        mine = statistics.median(errors)
+        unpatched = max(statistics.median(e[name]) for e in theirs)
+        assert mine <= 2 * unpatched + 4 * eps, (
+            f"{name}: median error {mine:.3g} vs unpatched {unpatched:.3g} in {dtype} (per batch: "
+            + ", ".join(f"{a:.3g}/{max(e[name][b] for e in theirs):.3g}" for b, a in enumerate(errors))
+            + ")"
+        )
 
     sampled = _model(family, weights, lora).train()
     wtacrs.apply_wtacrs(sampled, wtacrs.WTACRSConfig(ratio=0.3))
