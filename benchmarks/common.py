@@ -26,17 +26,13 @@ def batch(model, batch_size: int, seq_len: int, seed: int = 0):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def variant(model, method: str):
-    """'full', 'wtacrs@R' (recommended preset), 'layer-only@R' (no companion savers), 'crs@R', 'topk@R'."""
-    m = copy.deepcopy(model)
-    if method == "full":
-        return m
-    name, ratio = method.split("@")
-    ratio = float(ratio)
+def sampler_config(name: str, ratio: float) -> wtacrs.WTACRSConfig:
+    """'wtacrs' (the recommended preset), 'layer-only' (the linear layers alone, no companion savers),
+    'crs', 'topk'."""
     if name == "wtacrs":
-        cfg = wtacrs.WTACRSConfig(ratio=ratio)
-    elif name == "layer-only":
-        cfg = wtacrs.WTACRSConfig(
+        return wtacrs.WTACRSConfig(ratio=ratio)
+    if name == "layer-only":
+        return wtacrs.WTACRSConfig(
             ratio=ratio,
             share_inputs=False,
             reuse_saved_inputs=False,
@@ -45,9 +41,16 @@ def variant(model, method: str):
             compact_activations=False,
             fused_norms=False,
         )
-    else:
-        cfg = wtacrs.WTACRSConfig(ratio=ratio, method=name)
-    return wtacrs.apply_wtacrs(m, cfg)
+    return wtacrs.WTACRSConfig(ratio=ratio, method=name)
+
+
+def variant(model, method: str):
+    """'full', 'wtacrs@R' (recommended preset), 'layer-only@R' (no companion savers), 'crs@R', 'topk@R'."""
+    m = copy.deepcopy(model)
+    if method == "full":
+        return m
+    name, ratio = method.split("@")
+    return wtacrs.apply_wtacrs(m, sampler_config(name, float(ratio)))
 
 
 def machine() -> str:

@@ -3,15 +3,20 @@
 1. the `cuda`-marked tests (pytest -m cuda, in a subprocess);
 2. the paper's Table 2 setting (batch 100, length 128, every method) measured on the GPU and
    estimated (FakeTensorMode, cuda-sm90 kernels) side by side, with the estimate's error;
-3. the exact largest batch per method on the GPU.
+3. step time at equal batch, every method side by side (benchmarks/step_time.py, in a
+   subprocess), against the issue's bars: T5-Large fp32/bf16 and T5-Base at batch 100, MiniLM-L6
+   at batch 32; then T5-Base compiled (torch.compile);
+4. the exact largest batch per method on the GPU.
 
-Order: tests, t5-base fp32, t5-large fp32, t5-base bf16, t5-large bf16, max batch t5-base fp32,
-t5-large fp32. A part whose predicted time does not fit in what is left of --budget-s is skipped
+Order: tests, t5-base fp32, t5-large fp32, t5-base bf16, t5-large bf16, step time t5-large fp32,
+t5-large bf16, t5-base fp32, minilm fp32, max batch t5-base fp32, t5-large fp32, step time t5-base
+fp32 compiled. A part whose predicted time does not fit in what is left of --budget-s is skipped
 (the report says so) and later, cheaper parts still run; a running part is cut at the budget.
 `--parts` picks parts by name, so a second run can take what the first skipped.
 
 Writes `report.md`, `results.json` ({"environment", "cuda_tests", "jobs": {name: {"cuda": job,
-"estimate": job}}, "max_batch", "comparison", "skipped"}) and one `<model>-b100-l128-<dtype>-<gpu>.json`
+"estimate": job}}, "max_batch", "comparison", "step_time": {name: step_time.py's model result},
+"skipped"}) and one `<model>-b100-l128-<dtype>-<gpu>.json`
 per setting, shaped like ../shared/gpu-reference/*.json: copy one to benchmarks/gpu-reference/ and
 tests/profiler/test_estimate_vs_gpu.py checks the estimate against it. Both files are rewritten
 after every part, so a run killed at its limit still leaves what it finished.
@@ -65,25 +70,35 @@ MAXBATCH_FACTOR = 2.0
 # seconds per unit until something was timed: an H100 ran t5-base fp32 in about 112 s (cuda) and
 # 132 s (estimate) one after the other (../shared/gpu-reference/README.md); side by side, ~150 s
 FIRST_GUESS, QUICK_GUESS, TESTS_GUESS = 150.0, 60.0, 60.0
+# step time: every method built at once, 3 warm-up and 10 timed steps each; compiling costs more
+STEPTIME_WEIGHT = {"t5-large": 0.8, "t5-base": 0.4, "minilm": 0.2, "bert-tiny": 0.5}
+COMPILE_FACTOR = 3.0
 
 
 @dataclass
 class Part:
     name: str
-    kind: str  # "tests", "setting" or "maxbatch"
+    kind: str  # "tests", "setting", "steptime" or "maxbatch"
     model: str = ""
     dtype: str = "fp32"
     weight: float = 1.0
+    compile: bool = False
 
 
 def plan(args) -> list[Part]:
     models, dtypes = (["t5-tiny", "bert-tiny"], ["fp32"]) if args.quick else (["t5-base", "t5-large"], ["fp32", "bf16"])
     parts = [Part("tests", "tests")]
     parts += [Part(f"{m}-{d}", "setting", m, d, SIZE.get(m, 1.0)) for d in dtypes for m in models]
+    timed = [("bert-tiny", "fp32")] if args.quick else [("t5-large", "fp32"), ("t5-large", "bf16")]
+    timed += [] if args.quick else [("t5-base", "fp32"), ("minilm", "fp32")]
+    parts += [Part(f"steptime-{m}-{d}", "steptime", m, d, STEPTIME_WEIGHT[m]) for m, d in timed]
     parts += [
         Part(f"maxbatch-{m}-fp32", "maxbatch", m, "fp32", MAXBATCH_FACTOR * SIZE.get(m, 1.0))
         for m in models[: 1 if args.quick else 2]
     ]
+    if not args.quick:
+        weight = COMPILE_FACTOR * STEPTIME_WEIGHT["t5-base"]
+        parts.append(Part("steptime-t5-base-fp32-compile", "steptime", "t5-base", "fp32", weight, compile=True))
     if args.parts:
         wanted = args.parts.split(",")
         unknown = sorted(set(wanted) - {p.name for p in parts})
@@ -173,6 +188,27 @@ def run_cuda_tests(timeout: float) -> dict:
         counts[what.rstrip("s") + "s" if what.startswith(("error", "warning")) else what] = int(n)
     result = {"command": cmd, "returncode": code, "counts": counts, "seconds": round(time.monotonic() - t0, 1)}
     return result | {"tail": "\n".join(output.splitlines()[-40:])}
+
+
+def run_step_time(args, part: Part, timeout: float) -> dict:
+    """benchmarks/step_time.py for one model and dtype, in a child (its own CUDA context, freed when
+    it exits); its result for the model, or {"error": ...} with the end of its output."""
+    out = args.out_dir / f"{part.name}.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--device", args.device]
+    cmd += ["--models", part.model, "--dtype", part.dtype, "--json", str(out)]
+    cmd += (
+        ["--batch", str(args.batch), "--seq", str(args.seq_len), "--steps", "2", "--warmup", "1"] if args.quick else []
+    )
+    cmd += ["--compile"] if part.compile else []
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 1), env=child_env())
+        tail, code = (proc.stdout + proc.stderr)[-3000:], proc.returncode
+    except subprocess.TimeoutExpired:
+        tail, code = f"killed after {timeout:.0f} s", None
+    if code == 0 and out.exists():
+        return json.loads(out.read_text())["models"][0]
+    return {"model": part.model, "dtype": part.dtype, "error": f"step_time.py exited {code}", "tail": tail}
 
 
 def placeholder(spec: JobSpec, why: str) -> dict:
@@ -291,6 +327,14 @@ def section(state: dict, args, name: str) -> list[str]:
         counts = ", ".join(f"{n} {k}" for k, n in t["counts"].items()) or "no summary line"
         line = f"`{' '.join(t['command'][1:])}`: exit {t['returncode']}, {counts} ({t['seconds']} s)"
         return ["## cuda-marked tests", "", line, "", "```", t["tail"], "```"]
+    if name in state["step_time"]:
+        result = state["step_time"][name]
+        if "error" in result:
+            return [f"## step time, {name}", "", f"{result['error']}:", "", "```", result["tail"], "```"]
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from step_time import report
+
+        return [f"## step time, {name} ({s['timings'].get(name, 0):.0f} s)", "", report(result)]
     if name in state["jobs"]:
         pair = state["jobs"][name]
         lines = [f"## {name} ({s['timings'].get(name, 0):.0f} s)", ""] + setting_table(mode, state["comparison"][name])
@@ -303,7 +347,8 @@ def section(state: dict, args, name: str) -> list[str]:
 
 
 def render(state: dict, args) -> str:
-    names = (["tests"] if state["cuda_tests"] else []) + list(state["jobs"]) + list(state["max_batch"])
+    names = (["tests"] if state["cuda_tests"] else []) + list(state["jobs"]) + list(state["step_time"])
+    names += list(state["max_batch"])
     lines = header(state, args)
     for name in names:
         lines += [""] + section(state, args, name)
@@ -330,7 +375,7 @@ def run_suite(args) -> dict:
     suite |= {"estimate_device": "cuda-sm90" if args.device == "cuda" else "cpu", "timings": {}, "reference_files": {}}
     suite["elapsed_s"] = 0.0
     state = {"environment": env, "suite": suite, "cuda_tests": None, "jobs": {}, "max_batch": {}}
-    state |= {"comparison": {}, "skipped": []}
+    state |= {"comparison": {}, "step_time": {}, "skipped": []}
     print("\n".join(header(state, args)), flush=True)
     unit = QUICK_GUESS if args.quick else FIRST_GUESS
     for part in parts:
@@ -355,6 +400,9 @@ def run_suite(args) -> dict:
                 path = args.out_dir / f"{name}-{tag}.json"
                 path.write_text(json.dumps({args.device: cuda, "estimate": est}, indent=1))
                 suite["reference_files"][name] = path.name
+        elif part.kind == "steptime":
+            name = part.name
+            state["step_time"][name] = run_step_time(args, part, timeout=left)
         else:
             name = f"{part.model}-l{args.seq_len}-{part.dtype}"
             spec = maxbatch_spec(args, part)

@@ -1,60 +1,299 @@
-"""Training-step time at equal batch, methods interleaved in one run (CPU or CUDA).
+"""Training-step time at equal batch: every method side by side in one run, on CPU or CUDA.
 
-Usage: python benchmarks/step_time.py [--batch 8] [--seq 128] [--steps 10] [--methods full wtacrs@0.3 ...]
-Reports the median step time (forward + backward + AdamW step) and the ratio to full.
+Usage:
+  PYTHONPATH=.:benchmarks python benchmarks/step_time.py --device cuda --models t5-base t5-large minilm
+  PYTHONPATH=.:benchmarks python benchmarks/step_time.py --device cpu --models bert-base --batch 8 --seq 128
+  ... [--dtype fp32|bf16|bf16-weights] [--methods full wtacrs@0.3 ...] [--compile] [--json FILE]
+
+Each method's model is built by the profiler (`profiler.measure.build_trial`: the preset's config,
+random weights from the same seed, the method applied by `profiler.methods`; `minilm` is the
+all-MiniLM-L6-v2 architecture), with the AdamW users get by default. A step is forward, backward and
+the optimizer step. All methods stay built, and the steps go round-robin (full, wtacrs@0.3, lora, ...,
+then again), so drift in clocks or machine load hits every method alike and the ratios are side by
+side. On CUDA each step is timed with CUDA events and synchronised before the next method's step.
+`--compile` runs each model under torch.compile (`model = torch.compile(model)`, inductor), compiled
+in its own warm-up steps (`profiler.measure.compile_step`) before the timed ones.
+
+Prints, per model, the median step time, its ratio to full and (for lora+... methods) to lora, and
+checks the bars the issue set where the run matches their setting (model, device, batch, length 128).
+`layer-only@R` (the linear layers alone, no companion savers) is accepted beside the profiler's methods.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-from common import batch, bert_base, machine, variant
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import torch  # noqa: E402
+from common import machine, sampler_config  # noqa: E402
+
+import wtacrs  # noqa: E402
+from contract.methods import parse_method  # noqa: E402
+from contract.spec import JobSpec  # noqa: E402
+from profiler.measure import Trial, build_trial, compile_step, free_cached  # noqa: E402
+
+ALIASES = {"minilm": "all-minilm-l6-v2"}  # --models name -> profiler preset
+# the batch each model's bar is set at (--batch overrides); other presets get 8
+DEFAULT_BATCH = {"t5-base": 100, "t5-large": 100, "minilm": 32, "bert-base": 8}
+METHODS = ["full", "wtacrs@0.3", "lora", "lora+wtacrs@0.3", "checkpointing"]
 
 
-def step_fn(model, inputs):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+@dataclass(frozen=True)
+class Bar:
+    """`method` at most `limit` x `reference`'s median step time, for this model on this device."""
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        model(**inputs).loss.backward()
-        opt.step()
+    model: str
+    device: str
+    batch: int
+    method: str
+    reference: str
+    limit: float
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    seq: int = 128
 
-    return step
+
+BARS = [
+    Bar("t5-large", "cuda", 100, "wtacrs@0.3", "full", 1.00),
+    Bar("t5-base", "cuda", 100, "wtacrs@0.3", "full", 1.05),
+    Bar("minilm", "cuda", 32, "wtacrs@0.3", "full", 1.3),
+    *(
+        Bar(m, "cuda", b, "lora+wtacrs@0.3", "lora", 1.15)
+        for m, b in (("t5-large", 100), ("t5-base", 100), ("minilm", 32))
+    ),
+    Bar("bert-base", "cpu", 8, "wtacrs@0.3", "full", 0.9, ("fp32",)),
+]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--methods", nargs="+", default=["full", "wtacrs@0.3", "layer-only@0.3"])
-    args = ap.parse_args()
-    base = bert_base()
-    inputs = batch(base, args.batch, args.seq)
-    steps = {m: step_fn(variant(base, m), inputs) for m in args.methods}
-    for fn in steps.values():
-        for _ in range(args.warmup):
-            fn()
-    times: dict[str, list[float]] = {m: [] for m in args.methods}
-    for _ in range(args.steps):  # interleaved so drift in machine load hits every method alike
-        for m, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            times[m].append(time.perf_counter() - t0)
-    print(
-        f"# BERT-base step time, batch {args.batch}, length {args.seq}, fp32, {torch.get_num_threads()} threads; {machine()}"
+@dataclass
+class Timed:
+    trial: Trial | None = None
+    times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)  # cpu: this process's CPU seconds per step
+    compile: dict = field(default_factory=dict)
+    error: str | None = None  # why this method stopped (an OOM with every method resident, ...)
+
+    def fail(self, err: Exception) -> None:
+        self.error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        self.trial = None  # the others go on without it; its memory goes back once the frame is left
+
+
+def make_spec(preset: str, args, batch: int) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "model": preset,
+            "methods": ["full"],
+            "seq_len": args.seq,
+            "batch_sizes": [batch],
+            "dtype": args.dtype,
+            "device": args.device,
+            "measurements": ["peak_memory"],
+        }
     )
-    ref = statistics.median(times[args.methods[0]])
+
+
+def build(spec: JobSpec, method: str, device: torch.device) -> Trial:
+    """The profiler's trial of `method` (layer-only@R: full, then the bare layers applied), with the
+    optimizer users get by default (the profiler's memory trials turn AdamW's foreach off)."""
+    if method.startswith("layer-only@"):
+        trial = build_trial(spec, parse_method("full"), spec.batch_sizes[0], device)
+        wtacrs.apply_wtacrs(trial.model, sampler_config("layer-only", float(method.partition("@")[2])))
+    else:
+        trial = build_trial(spec, parse_method(method), spec.batch_sizes[0], device)
+    trial.optimizer = torch.optim.AdamW([p for p in trial.model.parameters() if p.requires_grad], lr=spec.lr)
+    return trial
+
+
+def step(trial: Trial) -> None:
+    trial.forward_backward()
+    trial.optimizer_step()
+
+
+def timed_step(t: Timed, cuda: bool) -> None:
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step(t.trial)
+        end.record()
+        end.synchronize()  # the next method's step starts on an idle GPU
+        t.times.append(start.elapsed_time(end) / 1000)
+        return
+    # beside the wall clock, the CPU time this process spent: on a shared host the wall clock also
+    # counts the time slices other processes took, the CPU time the work done (all threads summed)
+    c0, t0 = time.process_time(), time.perf_counter()
+    step(t.trial)
+    t.times.append(time.perf_counter() - t0)
+    t.cpu_times.append(time.process_time() - c0)
+
+
+def run_model(name: str, args) -> dict:
+    preset = ALIASES.get(name, name)
+    batch = args.batch or DEFAULT_BATCH.get(name, 8)
+    spec = make_spec(preset, args, batch)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if args.compile:
+        torch._dynamo.reset()
+    methods = {method: Timed() for method in args.methods}
+    for method, t in methods.items():
+        try:
+            t.trial = build(spec, method, device)
+            if args.compile:  # each compiled in its own warm-up steps, none dropping another's graphs
+                t.compile = compile_step(t.trial, reset=False)
+                print(f"  {name} {method}: compiled in {t.compile['compile_s']:.1f} s", file=sys.stderr)
+        except Exception as err:  # recorded; the other methods still run
+            t.fail(err)
+    running = [t for t in methods.values() if t.trial is not None]
+
+    def each(action) -> None:
+        for t in running:
+            if t.trial is not None:
+                try:
+                    action(t)
+                except Exception as err:
+                    t.fail(err)
+        free_cached()  # a failed method's memory, once nothing refers to it
+
+    for _ in range(args.warmup):
+        each(lambda t: step(t.trial))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+    for i in range(args.steps):  # round-robin: one step of each method, then the next round
+        each(lambda t: timed_step(t, cuda))
+        print(f"  {name}: round {i + 1}/{args.steps}", file=sys.stderr, flush=True)
+    out = {
+        "model": name,
+        "preset": preset,
+        "batch": batch,
+        "seq": args.seq,
+        "dtype": args.dtype,
+        "device": args.device,
+        "compiled": args.compile,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "methods": {},
+    }
+    if cuda:
+        out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        # allocator retries while timing (every model resident at once): each is a cudaFree/cudaMalloc
+        # inside a step, and slows the step it lands in
+        out["alloc_retries_timed"] = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries
+    for method, t in methods.items():
+        if t.error is not None:
+            out["methods"][method] = {"error": t.error} | t.compile
+            continue
+        med = statistics.median(t.times)
+        row = {"median_s": med, "min_s": min(t.times), "max_s": max(t.times), "times_s": t.times}
+        if t.cpu_times:
+            row |= {"cpu_median_s": statistics.median(t.cpu_times), "cpu_times_s": t.cpu_times}
+        out["methods"][method] = row | t.compile
+    timed = {m: r for m, r in out["methods"].items() if "median_s" in r}
+    for method, row in timed.items():
+        for ref in ("full", "lora"):
+            if ref in timed and (ref == "full" or method == "lora" or method.startswith("lora+")):
+                row[f"x_{ref}"] = row["median_s"] / timed[ref]["median_s"]
+                if "cpu_median_s" in row:
+                    row[f"x_{ref}_cpu_time"] = row["cpu_median_s"] / timed[ref]["cpu_median_s"]
+    out["bars"] = check_bars(out)
+    methods.clear()
+    free_cached()
+    return out
+
+
+def check_bars(result: dict) -> list[dict]:
+    checks = []
+    for bar in BARS:
+        if (bar.model, bar.device) != (result["model"], result["device"]) or result["dtype"] not in bar.dtypes:
+            continue
+        got = result["methods"].get(bar.method, {}).get(f"x_{bar.reference}")
+        check = {"method": bar.method, "reference": bar.reference, "limit": bar.limit, "ratio": got}
+        if got is None:
+            check["status"] = f"not run (needs {bar.method} and {bar.reference})"
+        elif (result["batch"], result["seq"]) != (bar.batch, bar.seq):
+            check["status"] = f"not checked: the bar is set at batch {bar.batch}, length {bar.seq}"
+        else:
+            check["status"] = "met" if got <= bar.limit else "missed"
+        checks.append(check)
+    return checks
+
+
+def report(result: dict) -> str:
+    mode = "compiled (torch.compile)" if result["compiled"] else "eager"
+    lines = [
+        f"## {result['model']} ({result['preset']}), batch {result['batch']}, length {result['seq']}, "
+        f"{result['dtype']}, {result['device']}, {mode}",
+        f"{result['steps']} timed steps per method after {result['warmup']} warm-up, round-robin",
+        "",
+    ]
+    cpu = result["device"] == "cpu"
+    ratio_keys = ["x_full", "x_lora"] + (["x_full_cpu_time", "x_lora_cpu_time"] if cpu else [])
+    header = "| method | median ms | min ms | max ms | x full | x lora |"
+    lines += [
+        header + (" x full, CPU time | x lora, CPU time |" if cpu else ""),
+        "|---|" + "---:|" * (len(ratio_keys) + 3),
+    ]
+    for method, r in result["methods"].items():
+        if "error" in r:
+            lines.append(f"| {method} | {r['error'][:120]} |" + " |" * (len(ratio_keys) + 2))
+            continue
+        ratios = [f"{r[k]:.3f}x" if k in r else "" for k in ratio_keys]
+        ms = [f"{1000 * r[k]:,.1f}" for k in ("median_s", "min_s", "max_s")]
+        lines.append(f"| {method} | {' | '.join(ms)} | {' | '.join(ratios)} |")
+    if "alloc_retries_timed" in result:
+        lines += ["", f"peak allocated {result['peak_allocated_bytes'] / 2**30:.1f} GiB, "
+                  f"{result['alloc_retries_timed']} allocator retries while timing"]  # fmt: skip
+    for b in result["bars"]:
+        ratio = "—" if b["ratio"] is None else f"{b['ratio']:.3f}x"
+        lines.append(f"- bar: {b['method']} <= {b['limit']:.2f}x {b['reference']}: {ratio}, {b['status']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--models", nargs="+", help="presets, or minilm (default: t5-base t5-large minilm on cuda, bert-base on cpu)"
+    )
+    ap.add_argument(
+        "--batch", type=int, help=f"batch size for every model (default per model: {DEFAULT_BATCH}, else 8)"
+    )
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "bf16-weights"], default="fp32")
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per method")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per method first (after compiling)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each model (inductor)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here")
+    args.models = args.models or (["t5-base", "t5-large", "minilm"] if args.device == "cuda" else ["bert-base"])
     for m in args.methods:
-        med = statistics.median(times[m])
-        spread = (max(times[m]) - min(times[m])) / med
-        print(
-            f"{m:>16}: median {med * 1000:8.1f} ms  (spread {spread:.0%})  ratio to {args.methods[0]}: {med / ref:.3f}x"
-        )
+        if not m.startswith("layer-only@"):
+            parse_method(m)  # a typo fails before any model is built
+    if args.compile:
+        # every method's model stays compiled side by side: each is one more cache entry for the
+        # same transformers code, past Dynamo's default limit of 8 for several methods with breaks
+        torch._dynamo.config.recompile_limit = 64
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    result = {"machine": machine(), "device_name": where, "argv": sys.argv if argv is None else argv, "models": []}
+    print(f"# Step time, methods side by side; {where}; {result['machine']}", flush=True)
+    for name in args.models:
+        result["models"].append(run_model(name, args))
+        print("\n" + report(result["models"][-1]), flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -77,6 +77,24 @@ class TrialRow(Row):
         None, description="measured ddp/fsdp: every rank; peak_bytes and step_time_s are the max over them"
     )
     peak_spread_bytes: Bytes = Field(None, description="measured ddp/fsdp: max - min of the ranks' peak_bytes")
+    compiled: bool = Field(
+        False,
+        description="the step's model ran under torch.compile (spec compile: true); step times and peaks are of "
+        "the compiled step, measured after the warm-up that compiled it",
+    )
+    compile_backend: str | None = Field(None, description="compiled: the torch.compile backend (inductor)")
+    compile_s: float | None = Field(
+        None,
+        description="compiled: wall time of the compiling warm-up (forward and backward until a step compiled "
+        "nothing new; it includes that last, already compiled, step)",
+    )
+    compile_graphs: int | None = Field(
+        None,
+        description="compiled: graphs Dynamo compiled for the step; more than one means graph breaks or recompiles",
+    )
+    recompiles_measured: int | None = Field(
+        None, description="compiled: graphs compiled during the measured steps (0: no compilation in what was measured)"
+    )
 
     @property
     def fits(self) -> bool:

@@ -120,6 +120,15 @@ NOT_SHARDED = {
 }
 MAX_CPU_RANKS = 16  # device 'cpu' starts one process per rank on the worker's host
 
+# What `compile: true` applies to: the trials (peak memory, throughput, the max-batch probes). The
+# other measurements say why they run no compiled step, and a spec asking for one is refused.
+NOT_COMPILED = {
+    "fidelity": "compares the estimator's sampled gradients with exact ones; compiling changes neither",
+    "convergence": "fine-tunes in its own training loop, which does not compile",
+    "memory_attribution": "attributes saved tensors to the modules that saved them, and a compiled graph has no "
+    "module boundaries to attribute to",
+}
+
 
 class ParallelSpec(Strict):
     """How the step is spread over ranks. Every number a row reports is per rank (one GPU's), and
@@ -199,6 +208,15 @@ class JobSpec(Strict):
     parallel: ParallelSpec = Field(
         default_factory=ParallelSpec, description="DDP/FSDP over world_size ranks; rows report one rank"
     )
+    compile: bool = Field(
+        False,
+        description="run each training step's model under torch.compile (model = torch.compile(model), "
+        "inductor, dynamic=False; the optimizer step stays eager), as many users train. Compilation happens in "
+        "warm-up steps before anything is measured (forward and backward until a step compiles nothing new, no "
+        "optimizer step, so the first measured step still has no optimizer state); rows report compiled, "
+        "compile_s and compile_graphs. Device cpu or cuda, strategy none; a max-batch search compiles each "
+        "probe's batch size anew",
+    )
 
     @field_validator("model")
     @classmethod
@@ -273,6 +291,8 @@ class JobSpec(Strict):
             )
         if self.parallel.strategy != "none":
             self._check_parallel()
+        if self.compile:
+            self._check_compile()
         if self.dtype == "fp16" and self.device == "cpu":
             raise ValueError("dtype 'fp16' (autocast) is not supported on device 'cpu'; use 'bf16' or 'fp32'")
         return self
@@ -295,6 +315,27 @@ class JobSpec(Strict):
                 f"device 'cpu' starts one process per rank; world_size {p.world_size} is over {MAX_CPU_RANKS}: "
                 "use device 'estimate' for larger worlds"
             )
+
+    def _check_compile(self) -> None:
+        if self.device == "estimate":
+            raise ValueError(
+                "compile: true cannot be estimated: device 'estimate' traces the eager step op by op under "
+                "FakeTensorMode, and a compiled step's memory is what inductor fuses away and what AOTAutograd's "
+                "partitioner saves or recomputes for backward, which that trace does not see; measure compiled "
+                "steps on device 'cpu' or 'cuda' (the same spec without compile estimates the eager step)"
+            )
+        if self.parallel.strategy != "none":
+            raise ValueError(
+                f"compile: true with parallel strategy {self.parallel.strategy!r} is not supported: the profiler "
+                "compiles a single-device model, and a DDP/FSDP step compiles the wrapped model (DDP's bucket-wise "
+                "graph splitting, FSDP2's traced collectives), which it does not build; use strategy 'none' or "
+                "compile: false"
+            )
+        for name in self.measurements:
+            if name in NOT_COMPILED:
+                raise ValueError(
+                    f"measurement {name!r} runs no compiled step: it {NOT_COMPILED[name]}; drop it or set compile: false"
+                )
 
     @property
     def model_name(self) -> str:

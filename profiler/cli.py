@@ -52,6 +52,13 @@ def load_spec(path: str) -> JobSpec:
 def print_table(result: JobResult) -> None:
     for table in tables(result):
         out_console.print(table)
+    compiled = [r for r in result.results if getattr(r, "compiled", False)]
+    if compiled:
+        backends = ", ".join(sorted({r.compile_backend for r in compiled if r.compile_backend})) or "backend unknown"
+        out_console.print(
+            f"steps compiled with torch.compile ({backends}) in warm-up steps: the peaks and step times "
+            "above are of the compiled step, its compiling excluded ('compile s')"
+        )
     for m in result.max_batch:
         out_console.print(f"max batch {m.method}: {m.max_batch_size} ({len(m.probes)} probes)")
     if any(a.modules for a in result.attribution):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
@@ -44,6 +46,7 @@ class Trial:
     dtype: str
     kernels: DeviceModel | None = None  # estimate: trace the kernels this CUDA device would run
     traced: bool = False  # under FakeTensorMode: no tensor has a value
+    compiled: torch.nn.Module | None = None  # torch.compile(model), what a step runs (compile_step)
 
     def autocast(self):
         return autocast(self.device.type, self.dtype)
@@ -52,9 +55,10 @@ class Trial:
         """One forward and backward; `saved` counts what the forward keeps for backward."""
         # backward too: checkpointing recomputes its forward there
         kernels = cuda_kernels(self.kernels) if self.kernels else contextlib.nullcontext()
+        step_model = self.model if self.compiled is None else self.compiled
         with kernels, real_random_scalars() if self.traced else contextlib.nullcontext():
             with saved.track() if saved is not None else contextlib.nullcontext(), self.autocast():
-                loss = self.model(**self.batch).loss
+                loss = step_model(**self.batch).loss
             loss.backward()
 
     def optimizer_step(self) -> None:
@@ -205,13 +209,21 @@ class CPUAllocatorRecord:
         self.totals.sort()
         return False
 
-    def peak(self, within: str | None = None) -> int:
-        """Peak bytes above what was allocated when the record started."""
+    @property
+    def start_total(self) -> int:
+        """The allocator's total when the record started."""
         if not self.totals:
             return 0
         # The allocator's counter also holds memory that was freed while no profiler listened.
         _, first_total, first_size = self.totals[0]
-        baseline = first_total - first_size
+        return first_total - first_size
+
+    def peak(self, within: str | None = None, since: CPUAllocatorRecord | None = None) -> int:
+        """Peak bytes above what was allocated when the record started (or when `since`, an
+        earlier record, did: the allocator's total is the process's, so records compare)."""
+        if not self.totals:
+            return 0
+        baseline = (since or self).start_total
         lo, hi = self.ranges[within] if within else (-1, 2**63)
         return max((total for t, total, _ in self.totals if lo <= t <= hi), default=baseline) - baseline
 
@@ -272,6 +284,54 @@ def measure_memory(
     return out
 
 
+# The backend `compile: true` uses. inductor is what users get from torch.compile; the environment
+# variable lets a test on a 2-core CPU use aot_eager (the same graphs, no kernel generation).
+COMPILE_BACKEND_ENV = "WTACRS_COMPILE_BACKEND"
+COMPILE_WARMUP_MAX = 5  # a step that still compiles after this many is a recompile loop, reported
+
+
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compile_step(trial: Trial, reset: bool = True) -> dict:
+    """`model = torch.compile(model)` as users write it (dynamic=False: one graph per batch shape), then
+    forward and backward until a step compiles nothing new. The first step compiles; the second may
+    recompile for state the first created (the layers' gradient-norm tables, a config field transformers
+    sets on its first forward). No optimizer step runs and the gradients are dropped, so the first
+    measured step is still one before any optimizer state exists, and it compiles nothing.
+    `reset` first drops whatever was compiled before (a trial's rule); a caller keeping several
+    trials compiled side by side (benchmarks/step_time.py) passes False."""
+    backend = os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+    if reset:
+        torch._dynamo.reset()  # nothing compiled for an earlier trial is reused (or kept alive) by this one
+    before = compiled_graphs()
+    trial.compiled = torch.compile(trial.model, backend=backend, dynamic=False)
+    cuda = trial.device.type == "cuda"
+    t0 = time.perf_counter()
+    steps = 0
+    while steps < COMPILE_WARMUP_MAX:
+        graphs = compiled_graphs()
+        trial.forward_backward()
+        trial.model.zero_grad(set_to_none=True)
+        steps += 1
+        if steps > 1 and compiled_graphs() == graphs:
+            break
+    if cuda:
+        torch.cuda.synchronize()
+    graphs = compiled_graphs() - before
+    if not graphs:  # Dynamo ran the step eagerly (a recompile limit, a skipped frame): not a compiled step
+        raise RuntimeError("torch.compile compiled no graph for this step: Dynamo ran it eagerly")
+    return {
+        "compiled": True,
+        "compile_backend": backend,
+        "compile_s": time.perf_counter() - t0,
+        "compile_graphs": graphs,
+    }
+
+
 def measure_throughput(trial: Trial, spec: JobSpec, tokens: int, samples: int) -> dict:
     cuda = trial.device.type == "cuda"
 
@@ -306,16 +366,21 @@ def measure_throughput(trial: Trial, spec: JobSpec, tokens: int, samples: int) -
 
 
 def release(trial: Trial | None) -> None:
-    """Drop what a trial holds beyond its model (gradients, optimizer state)."""
+    """Drop what a trial holds beyond its model (gradients, optimizer state, its compiled step)."""
     if trial is not None:
         trial.model.zero_grad(set_to_none=True)
         trial.optimizer.state.clear()
+        trial.compiled = None
 
 
 def free_cached() -> None:
     """Collect what is unreachable and hand the CUDA allocator's cached blocks back, so the next
     trial's peaks (reserved ones included) start from what is really alive. Call it where no
-    exception is being handled: a traceback keeps its frames', and so a failed step's, tensors."""
+    exception is being handled: a traceback keeps its frames', and so a failed step's, tensors.
+    Compiled graphs go too (Dynamo's caches hold the compiled model, its guards and constants), so
+    one method's or batch size's graphs neither keep memory nor serve another's step."""
+    if "torch._dynamo" in sys.modules:  # only where something may have been compiled
+        torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -7,6 +7,14 @@ from rich.table import Table
 from contract.measurements import MEASUREMENTS, Column
 from contract.results import JobResult
 
+# Shown beside the trial columns when a row's step was compiled (spec compile: true): which rows,
+# what compiling took, and into how many graphs (more than one: graph breaks or recompiles).
+COMPILE_COLUMNS = (
+    Column("compiled", "compiled", "flag"),
+    Column("compile s", "compile_s", "digits"),
+    Column("graphs", "compile_graphs", "int"),
+)
+
 
 def cell(value, unit: str) -> str:
     if value is None:
@@ -38,6 +46,8 @@ def tables(result: JobResult) -> list[Table]:
         title = f"job {result.id} · {result.status}" + ("" if m.field == "results" else f" · {m.field}")
         table = Table(title=title)
         columns: tuple[Column, ...] = m.columns
+        if m.field == "results" and any(getattr(r, "compiled", False) for r in rows):
+            columns = (*columns[:-2], *COMPILE_COLUMNS, *columns[-2:])  # before oom and error
         for c in columns:
             table.add_column(c.header)
         for r in rows:

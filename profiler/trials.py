@@ -15,7 +15,16 @@ from contract.spec import JobSpec
 from .cuda_model import SM90
 from .environment import process_device_bytes
 from .maxbatch import search
-from .measure import CPUAllocatorRecord, build_trial, free_cached, measure_memory, measure_throughput, release
+from .measure import (
+    CPUAllocatorRecord,
+    build_trial,
+    compile_step,
+    compiled_graphs,
+    free_cached,
+    measure_memory,
+    measure_throughput,
+    release,
+)
 
 GIB = 2**30
 FIDELITY_DRAWS = 8
@@ -69,6 +78,7 @@ def base_row(spec: JobSpec, method: Method, batch_size: int) -> dict:
         "measured": spec.device != "estimate",
         "oom": False,
         "error": None,
+        "compiled": spec.compile,
     }
     if spec.parallel.strategy != "none":
         row.update(strategy=spec.parallel.strategy, world_size=spec.parallel.world_size)
@@ -90,10 +100,21 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
         with _mode_context(spec) as context:
             fake_mode = context if spec.device == "estimate" else None
             trial = build_trial(spec, method, batch_size, device_for(spec), fake_mode, kernels)
-            row.update(measure_memory(trial, spec.device))
+            if not spec.compile:
+                row.update(measure_memory(trial, spec.device))
+        built = context
+        if spec.compile:  # cpu or cuda (the spec refuses estimate)
+            # compiled in warm-up steps before anything is measured (measure.compile_step), outside
+            # the CPU record: profiling every op Dynamo traces would slow compiling severalfold
+            row.update(compile_step(trial))
+            graphs = compiled_graphs()
+            with _mode_context(spec) as context:
+                row.update(measure_memory(trial, spec.device))
         if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
-            row["first_step_peak_bytes"] = context.peak("wtacrs::first_step")
-            row["peak_bytes"] = context.peak()
+            # above what was allocated before the model was built; compiled, the measured steps'
+            # peak (eager, the whole run's, which is the steps' too: building never holds more)
+            row["first_step_peak_bytes"] = context.peak("wtacrs::first_step", since=built)
+            row["peak_bytes"] = context.peak(since=built)
         limit = memory_limit(spec)
         if spec.device == "estimate" and limit is not None:
             row["oom"] = row["peak_bytes"] > limit  # would not fit the target device
@@ -102,6 +123,8 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
         if throughput and spec.device != "estimate" and "throughput" in spec.measurements:
             tokens = batch_size * spec.seq_len
             row.update(measure_throughput(trial, spec, tokens, batch_size))
+        if spec.compile:
+            row["recompiles_measured"] = compiled_graphs() - graphs
     except Exception as err:  # an OOM is a measurement; anything else is this row's error
         if is_oom(err):
             row["oom"] = True
@@ -111,6 +134,7 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
     # Only here, with the exception and its traceback gone (their frames hold the step's tensors),
     # is the failed trial unreachable: freeing it inside `except` would leave its blocks cached
     # and every later probe of a max-batch search would fail for memory a dead trial holds.
+    # free_cached also drops what was compiled for it (Dynamo's caches hold the compiled model).
     release(trial)
     del trial
     free_cached()

@@ -33,6 +33,22 @@ def _autocast_copy(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None
 
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
 _NO_SOURCE = ("", None, None, 0.0, None)
+_TRACED = "traced"
+
+
+def _share_key(x: Tensor, k: int, method: str, forward_count: list[int]) -> tuple | None:
+    """What a sample shared through `x` is valid for, or None where `x` must not carry one.
+
+    Eager: x's version (an in-place change makes the sample stale) and the model's forward count
+    (a tensor read again in a later forward, as a batch is, is sampled afresh). While torch.compile
+    traces, neither can be read without costing the graph: Dynamo makes `_version` an unbacked
+    symbol, whose comparison is a graph break, and guards on the counter's value, which would
+    recompile every step. There a sample is shared only through a non-leaf tensor, which this
+    forward computed (a leaf, a batch or a parameter, is the same object in the next forward, and
+    Dynamo replays the attribute onto it); a traced key never equals an eager one."""
+    if not torch.compiler.is_compiling():
+        return (k, method, x._version, forward_count[0])
+    return None if x.is_leaf else (k, method, _TRACED)
 
 
 class WTACRSLinear(nn.Module):
@@ -123,8 +139,9 @@ class WTACRSLinear(nn.Module):
         # Sharing saves a second copy of the rows; with a row source there is no copy to save,
         # so each layer draws its own sample with its own gradient factor (lower variance).
         share = cfg.share_inputs and self.forward_count is not None and source is None
+        key = _share_key(x, k, cfg.effective_method, self.forward_count) if share else None
+        share = key is not None
         if share:
-            key = (k, cfg.effective_method, x._version, self.forward_count[0])
             shared = getattr(x, _SAMPLE_ATTR, None)
             if shared is not None and shared[0] == key:
                 plan, owner = shared[1], shared[2]

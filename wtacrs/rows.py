@@ -16,6 +16,14 @@ region on its inputs as autograd unpacks them, and under any outer `saved_tensor
 profiler's counter) that is a fresh, unmarked tensor. A mark made outside the region would then
 choose what the region saves in its forward but not in its replay, and the checkpoint would see
 different tensors saved.
+
+Under torch.compile the checks are made while tracing, once: Dynamo turns `_version` into an
+unbacked symbol (comparing two is a graph break) and cannot call the hooks query. A mark made while
+compiling is honoured only by a layer traced in the same compiled graph (a graph is traced as a
+whole, and a checkpointed region is recomputed by the graph, never replayed on other tensors), and
+never by eager code, nor an eager mark by compiled code: across a graph break the layer keeps its
+rows (correct, only less saving). What a trace cannot see is an in-place change of the marked output
+between its producer and the layer, which no supported model makes (an eager run still checks it).
 """
 
 from __future__ import annotations
@@ -57,9 +65,28 @@ def flat_rows(t: Tensor, idx: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1]).index_select(0, idx)
 
 
+def _traced() -> object:
+    return _traced  # what a mark made while compiling has for its hooks: nothing eager ever is
+
+
+# Kinds marked by a forward hook, which cannot hand back another tensor; their output is a plain
+# op's (F.layer_norm), which Dynamo lets take attributes.
+_MARKED_IN_PLACE = frozenset({"layernorm"})
+
+
 def mark(output: Tensor, source: RowSource) -> Tensor:
-    """Mark `output` as recomputable from `source`; only when autograd recorded the producer."""
-    if output.requires_grad:
+    """Mark `output` as recomputable from `source`; only when autograd recorded the producer.
+    Use the tensor it returns: while compiling, that is a marked alias of `output` (below)."""
+    if torch.compiler.is_compiling():
+        # Dynamo refuses an attribute on one tensor of an op's tuple of outputs (a custom op's
+        # (y, saved) pair, a split) and would break the graph there; a view of it takes one (no
+        # copy: the same storage, one alias in the graph). Unmarked outputs too (a frozen norm under
+        # LoRA): a WTA-CRS layer reading one attaches its shared sample to it.
+        if source.kind.partition(":")[0] not in _MARKED_IN_PLACE:
+            output = output.view_as(output)
+        if output.requires_grad:
+            setattr(output, _ATTR, (None, _traced, source))
+    elif output.requires_grad:
         setattr(output, _ATTR, (output._version, _hooks_ref(), source))
     return output
 
@@ -80,7 +107,11 @@ def _hooks_ref() -> Callable[[], Callable | None]:
 
 def source_of(x: Tensor) -> RowSource | None:
     found = getattr(x, _ATTR, None)
-    if found is None or found[0] != x._version:  # modified in place since: rows are stale
+    if found is None:
+        return None
+    if torch.compiler.is_compiling():  # marked in this graph (module docstring)
+        return found[2] if found[1] is _traced else None
+    if found[0] != x._version:  # modified in place since: rows are stale
         return None
     if found[1]() is not _pack_hook():  # marked in another checkpoint region (or outside one)
         return None

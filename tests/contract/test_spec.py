@@ -16,6 +16,18 @@ def test_minimal_spec_is_accepted_as_written():
     assert spec.model == "bert-tiny" and spec.methods == ["full", "wtacrs@0.3"] and spec.batch_sizes == [2, 4]
 
 
+def test_compile_is_a_flag_of_the_measured_modes():
+    assert JobSpec.model_validate(MINIMAL).compile is False
+    for device in ("cpu", "cuda"):
+        spec = JobSpec.model_validate({**MINIMAL, "compile": True, "device": device})
+        assert spec.compile and spec.device == device
+    max_batch = {"measurements": ["max_batch_size"], "target_memory_gb": 1}
+    assert JobSpec.model_validate({**MINIMAL, **max_batch, "compile": True}).compile
+    # refused only with compile: estimate and ddp without it are specs like any other
+    JobSpec.model_validate({**MINIMAL, "device": "estimate", "measurements": ["peak_memory"]})
+    JobSpec.model_validate({**MINIMAL, "parallel": {"strategy": "ddp", "world_size": 2}})
+
+
 def test_family_with_overrides():
     spec = JobSpec.model_validate({**MINIMAL, "model": {"family": "llama", "overrides": {"hidden_size": 64}}})
     assert spec.model_name == "llama"
@@ -56,6 +68,19 @@ def test_family_with_overrides():
             "measurement 'convergence' does not support dtype 'bf16-weights'; use dtype 'fp32', 'bf16' or 'fp16'",
         ),
         ({"convergence": {"norm_source": "oracle"}}, "'running', 'example' or 'activation'"),
+        (
+            {"compile": True, "device": "estimate", "measurements": ["peak_memory"]},
+            "compile: true cannot be estimated: device 'estimate' traces the eager step op by op",
+        ),
+        (
+            {"compile": True, "parallel": {"strategy": "fsdp", "world_size": 2}},
+            "compile: true with parallel strategy 'fsdp' is not supported",
+        ),
+        ({"compile": True, "measurements": ["fidelity"]}, "measurement 'fidelity' runs no compiled step"),
+        (
+            {"compile": True, "measurements": ["memory_attribution"]},
+            "measurement 'memory_attribution' runs no compiled step: it attributes saved tensors to the modules",
+        ),
         ({"convergence": {"epochs": 0}}, "greater than or equal to 1"),
     ],
 )

@@ -57,3 +57,20 @@ def test_convergence_rows_get_their_own_table(capsys):
     out = capsys.readouterr().out
     assert "convergence" in out and "84.29" in out and "474" in out
     assert "1st-step MiB" not in out  # no empty memory table for a job that measured none
+
+
+def test_compiled_rows_say_so_in_the_table(capsys):
+    from contract.results import JobResult
+    from profiler.cli import print_table
+
+    base = {"batch_size": 4, "mode": "cuda", "peak_bytes": 300 * 2**20, "tokens_per_s": 9000.0}
+    rows = [base | {"method": "full"}, base | {"method": "wtacrs@0.3"}]
+    print_table(JobResult(id="j1", status="succeeded", spec={}, results=rows))
+    assert "compiled" not in capsys.readouterr().out  # an eager job's table is as before
+    compiled = [
+        r | {"compiled": True, "compile_s": 41.5, "compile_graphs": 2, "compile_backend": "inductor"} for r in rows
+    ]
+    print_table(JobResult(id="j2", status="succeeded", spec={}, results=compiled))
+    out = capsys.readouterr().out
+    assert "compiled" in out and "compile s" in out and "graphs" in out and "41.5" in out
+    assert "steps compiled with torch.compile (inductor)" in out
