@@ -5,7 +5,6 @@ The backend is aot_eager here (WTACRS_COMPILE_BACKEND): inductor's kernel genera
 on two cores; the graphs, the recompiles and the compiled autograd are the same."""
 
 import gc
-import weakref
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from contract.methods import parse_method
 from contract.spec import JobSpec
 from profiler import measure, trials
 from profiler.runner import run_job
+from tests.profiler.test_maxbatch import track_built_models
 
 SPEC = {
     "model": "llama-tiny",
@@ -60,19 +60,12 @@ def test_a_failed_compiled_trial_leaves_nothing_alive(monkeypatch):
     """The max-batch search's rule, compiled: after an OOM in a compiled probe, neither the model
     nor its compiled graphs survive the row (Dynamo's caches would otherwise hold them)."""
     spec = JobSpec.model_validate({**SPEC, "compile": True, "measurements": ["peak_memory"]})
-    models = []
-    build = trials.build_trial
-
-    def tracked_build(*args, **kwargs):
-        trial = build(*args, **kwargs)
-        models.append(weakref.ref(trial.model))
-        return trial
+    models = track_built_models(monkeypatch)
 
     def out_of_memory(trial, mode):
         trial.forward_backward()  # the compiled step ran, holding graphs and a step's tensors
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trials, "build_trial", tracked_build)
     monkeypatch.setattr(trials, "measure_memory", out_of_memory)
     row = trials.trial_row(spec, parse_method("wtacrs@0.3"), 4)
     assert row.oom and row.compiled and row.oom_message.startswith("CUDA out of memory")

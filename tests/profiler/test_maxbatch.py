@@ -1,4 +1,5 @@
 import math
+import weakref
 
 import pytest
 
@@ -96,7 +97,6 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
     next probe: the answer is the largest batch that fits alone, the same twice, and nothing of a
     failed probe is alive once it has returned."""
     import gc
-    import weakref
 
     from contract.methods import parse_method
     from contract.spec import JobSpec
@@ -121,15 +121,7 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
     device = _DeviceLimit(sizing.high)  # batch 24 is right at the limit
     monkeypatch.setattr(trials, "measure_memory", device.wrap(measure.measure_memory))
 
-    models = []
-    build = trials.build_trial
-
-    def tracked_build(*args, **kwargs):
-        trial = build(*args, **kwargs)
-        models.append(weakref.ref(trial.model))
-        return trial
-
-    monkeypatch.setattr(trials, "build_trial", tracked_build)
+    models = track_built_models(monkeypatch)
     leaks = []
 
     def checked_free():  # the cache is handed back only once the failed trial is unreachable
@@ -151,3 +143,19 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
     assert 1 < answer < 4096 and not first["capped_at_upper"]
     assert fits_alone(answer) and not fits_alone(answer + 1)
     assert second["max_batch_size"] == answer
+
+
+def track_built_models(monkeypatch) -> list[weakref.ref]:
+    """Weak references to the model of every trial built from now on (to check none outlives its row)."""
+    from profiler import trials
+
+    models = []
+    build = trials.build_trial
+
+    def tracked_build(*args, **kwargs):
+        trial = build(*args, **kwargs)
+        models.append(weakref.ref(trial.model))
+        return trial
+
+    monkeypatch.setattr(trials, "build_trial", tracked_build)
+    return models
