@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contract.results import JobStatus
@@ -81,6 +81,8 @@ class ResultRow(Base):
     # how the row was run: a 1-GPU row and an 8-rank FSDP row of one method are two series (0003)
     strategy: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     world_size: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # a torch.compile run of a method is its own series too, compared with the compiled baseline (0004)
+    compiled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     peak_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     first_step_peak_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     activation_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -12,7 +12,7 @@ the optimizer step. All methods stay built, and the steps go round-robin (full, 
 then again), so drift in clocks or machine load hits every method alike and the ratios are side by
 side. On CUDA each step is timed with CUDA events and synchronised before the next method's step.
 `--compile` runs each model under torch.compile (`model = torch.compile(model)`, inductor), compiled
-in its own warm-up steps (`profiler.measure.compile_step`) before the timed ones.
+in its own warm-up steps (`profiler.compiled.compile_step`) before the timed ones.
 
 Prints, per model, the median step time, its ratio to full and (for lora+... methods) to lora, and
 checks the bars the issue set where the run matches their setting (model, device, batch, length 128).
@@ -22,6 +22,7 @@ checks the bars the issue set where the run matches their setting (model, device
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -38,7 +39,8 @@ from common import machine, sampler_config  # noqa: E402
 import wtacrs  # noqa: E402
 from contract.methods import parse_method  # noqa: E402
 from contract.spec import JobSpec  # noqa: E402
-from profiler.measure import Trial, build_trial, compile_step, free_cached  # noqa: E402
+from profiler.compiled import compile_step, compiled_graphs  # noqa: E402
+from profiler.measure import Trial, build_trial, free_cached  # noqa: E402
 
 ALIASES = {"minilm": "all-minilm-l6-v2"}  # --models name -> profiler preset
 # the batch each model's bar is set at (--batch overrides); other presets get 8
@@ -153,13 +155,16 @@ def run_model(name: str, args) -> dict:
     running = [t for t in methods.values() if t.trial is not None]
 
     def each(action) -> None:
+        failed = False
         for t in running:
             if t.trial is not None:
                 try:
                     action(t)
                 except Exception as err:
                     t.fail(err)
-        free_cached()  # a failed method's memory, once nothing refers to it
+                    failed = True
+        if failed:  # a failed method's memory, once nothing refers to it; the others' graphs stay
+            free_cached(drop_compiled=False)
 
     for _ in range(args.warmup):
         each(lambda t: step(t.trial))
@@ -167,9 +172,13 @@ def run_model(name: str, args) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+    graphs = compiled_graphs()
     for i in range(args.steps):  # round-robin: one step of each method, then the next round
         each(lambda t: timed_step(t, cuda))
         print(f"  {name}: round {i + 1}/{args.steps}", file=sys.stderr, flush=True)
+    # compiled: a graph compiled while timing means a timed step compiled (a warm-up too short, a guard
+    # that fails every step); eager: 0
+    recompiles = compiled_graphs() - graphs
     out = {
         "model": name,
         "preset": preset,
@@ -178,6 +187,7 @@ def run_model(name: str, args) -> dict:
         "dtype": args.dtype,
         "device": args.device,
         "compiled": args.compile,
+        "recompiles_timed": recompiles,
         "steps": args.steps,
         "warmup": args.warmup,
         "methods": {},
@@ -251,6 +261,11 @@ def report(result: dict) -> str:
     if "alloc_retries_timed" in result:
         lines += ["", f"peak allocated {result['peak_allocated_bytes'] / 2**30:.1f} GiB, "
                   f"{result['alloc_retries_timed']} allocator retries while timing"]  # fmt: skip
+    if result.get("recompiles_timed"):
+        lines += [
+            "",
+            f"**{result['recompiles_timed']} graphs compiled while timing: these step times include compiling**",
+        ]
     for b in result["bars"]:
         ratio = "—" if b["ratio"] is None else f"{b['ratio']:.3f}x"
         lines.append(f"- bar: {b['method']} <= {b['limit']:.2f}x {b['reference']}: {ratio}, {b['status']}")
@@ -280,19 +295,19 @@ def main(argv: list[str] | None = None) -> dict:
     for m in args.methods:
         if not m.startswith("layer-only@"):
             parse_method(m)  # a typo fails before any model is built
-    if args.compile:
-        # every method's model stays compiled side by side: each is one more cache entry for the
-        # same transformers code, past Dynamo's default limit of 8 for several methods with breaks
-        torch._dynamo.config.recompile_limit = 64
+    # every method's model stays compiled side by side: each is one more cache entry for the same
+    # transformers code, past Dynamo's default limit of 8 with several methods
+    limit = torch._dynamo.config.patch(recompile_limit=64) if args.compile else contextlib.nullcontext()
     where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
     result = {"machine": machine(), "device_name": where, "argv": sys.argv if argv is None else argv, "models": []}
     print(f"# Step time, methods side by side; {where}; {result['machine']}", flush=True)
-    for name in args.models:
-        result["models"].append(run_model(name, args))
-        print("\n" + report(result["models"][-1]), flush=True)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=1))
+    with limit:
+        for name in args.models:
+            result["models"].append(run_model(name, args))
+            print("\n" + report(result["models"][-1]), flush=True)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(result, indent=1))
     return result
 
 

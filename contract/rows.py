@@ -90,7 +90,12 @@ class TrialRow(Row):
     )
     compile_graphs: int | None = Field(
         None,
-        description="compiled: graphs Dynamo compiled for the step; more than one means graph breaks or recompiles",
+        description="compiled: graphs Dynamo compiled for the step; more than one means graph breaks or "
+        "recompiles (a patched model compiles a second time in the second warm-up step, for the gradient-norm "
+        "tables its first step created)",
+    )
+    compile_graph_breaks: int | None = Field(
+        None, description="compiled: graph breaks Dynamo hit while compiling the step (0: the step is whole graphs)"
     )
     recompiles_measured: int | None = Field(
         None, description="compiled: graphs compiled during the measured steps (0: no compilation in what was measured)"

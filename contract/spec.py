@@ -148,7 +148,7 @@ class ParallelSpec(Strict):
         le=1024,
         description="ranks (GPUs). estimate: any size, rank 0 is traced in one process; cpu: that many "
         f"processes on the worker (at most {MAX_CPU_RANKS}); cuda: one process per GPU, and a worker with "
-        "fewer GPUs than world_size cannot run the job (it reports that as the job's error)",
+        "fewer GPUs than world_size never claims the job (it waits for one with enough, and says so in waiting_for)",
     )
     reshard_after_forward: bool | None = Field(
         None, description="fsdp only: free unsharded parameters after each block's forward (None: FSDP's default, True)"
@@ -214,7 +214,7 @@ class JobSpec(Strict):
         "inductor, dynamic=False; the optimizer step stays eager), as many users train. Compilation happens in "
         "warm-up steps before anything is measured (forward and backward until a step compiles nothing new, no "
         "optimizer step, so the first measured step still has no optimizer state); rows report compiled, "
-        "compile_s and compile_graphs. Device cpu or cuda, strategy none; a max-batch search compiles each "
+        "compile_s, compile_graphs and compile_graph_breaks. Device cpu or cuda, strategy none; a max-batch search compiles each "
         "probe's batch size anew",
     )
 

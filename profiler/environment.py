@@ -44,15 +44,22 @@ def describe(mode: str) -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     if mode == "cuda" and torch.cuda.is_available():
+        from wtacrs import kernels
+
         props = torch.cuda.get_device_properties(0)
         env.update(
+            wtacrs_kernels=kernels.describe(),
             device_name=props.name,
             device_total_bytes=props.total_memory,
             cuda_version=torch.version.cuda,
             driver=_nvidia_driver(),
         )
     else:
-        env.update(device_name=f"cpu ({platform.processor() or platform.machine()})", device_total_bytes=_host_memory())
+        env.update(
+            wtacrs_kernels="pytorch reference (the Triton kernels are CUDA-only)",
+            device_name=f"cpu ({platform.processor() or platform.machine()})",
+            device_total_bytes=_host_memory(),
+        )
     return env
 
 

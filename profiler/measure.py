@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import statistics
 import sys
 import time
@@ -275,60 +274,17 @@ def measure_memory(
     if trial.kernels:
         out["workspace_bytes"] = fixed  # in the peaks; not in the breakdown, which is the tracker's in every mode
     if cuda:
-        stats = torch.cuda.memory_stats()
-        out.update(
-            reserved_bytes=int(torch.cuda.max_memory_reserved()),
-            alloc_retries=int(stats.get("num_alloc_retries", 0)),
-            allocator_ooms=int(stats.get("num_ooms", 0)),
-        )
+        out.update(cuda_allocator_stats())
     return out
 
 
-# The backend `compile: true` uses. inductor is what users get from torch.compile; the environment
-# variable lets a test on a 2-core CPU use aot_eager (the same graphs, no kernel generation).
-COMPILE_BACKEND_ENV = "WTACRS_COMPILE_BACKEND"
-COMPILE_WARMUP_MAX = 5  # a step that still compiles after this many is a recompile loop, reported
-
-
-def compiled_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
-def compile_step(trial: Trial, reset: bool = True) -> dict:
-    """`model = torch.compile(model)` as users write it (dynamic=False: one graph per batch shape), then
-    forward and backward until a step compiles nothing new. The first step compiles; the second may
-    recompile for state the first created (the layers' gradient-norm tables, a config field transformers
-    sets on its first forward). No optimizer step runs and the gradients are dropped, so the first
-    measured step is still one before any optimizer state exists, and it compiles nothing.
-    `reset` first drops whatever was compiled before (a trial's rule); a caller keeping several
-    trials compiled side by side (benchmarks/step_time.py) passes False."""
-    backend = os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
-    if reset:
-        torch._dynamo.reset()  # nothing compiled for an earlier trial is reused (or kept alive) by this one
-    before = compiled_graphs()
-    trial.compiled = torch.compile(trial.model, backend=backend, dynamic=False)
-    cuda = trial.device.type == "cuda"
-    t0 = time.perf_counter()
-    steps = 0
-    while steps < COMPILE_WARMUP_MAX:
-        graphs = compiled_graphs()
-        trial.forward_backward()
-        trial.model.zero_grad(set_to_none=True)
-        steps += 1
-        if steps > 1 and compiled_graphs() == graphs:
-            break
-    if cuda:
-        torch.cuda.synchronize()
-    graphs = compiled_graphs() - before
-    if not graphs:  # Dynamo ran the step eagerly (a recompile limit, a skipped frame): not a compiled step
-        raise RuntimeError("torch.compile compiled no graph for this step: Dynamo ran it eagerly")
+def cuda_allocator_stats() -> dict:
+    """What the CUDA caching allocator says about the trial beyond its allocated peak."""
+    stats = torch.cuda.memory_stats()
     return {
-        "compiled": True,
-        "compile_backend": backend,
-        "compile_s": time.perf_counter() - t0,
-        "compile_graphs": graphs,
+        "reserved_bytes": int(torch.cuda.max_memory_reserved()),
+        "alloc_retries": int(stats.get("num_alloc_retries", 0)),
+        "allocator_ooms": int(stats.get("num_ooms", 0)),
     }
 
 
@@ -373,13 +329,14 @@ def release(trial: Trial | None) -> None:
         trial.compiled = None
 
 
-def free_cached() -> None:
+def free_cached(drop_compiled: bool = True) -> None:
     """Collect what is unreachable and hand the CUDA allocator's cached blocks back, so the next
     trial's peaks (reserved ones included) start from what is really alive. Call it where no
     exception is being handled: a traceback keeps its frames', and so a failed step's, tensors.
     Compiled graphs go too (Dynamo's caches hold the compiled model, its guards and constants), so
-    one method's or batch size's graphs neither keep memory nor serve another's step."""
-    if "torch._dynamo" in sys.modules:  # only where something may have been compiled
+    one method's or batch size's graphs neither keep memory nor serve another's step; a caller
+    still stepping compiled models (benchmarks/step_time.py) keeps them with drop_compiled=False."""
+    if drop_compiled and "torch._dynamo" in sys.modules:  # only where something may have been compiled
         torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():

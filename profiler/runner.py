@@ -47,6 +47,22 @@ def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -
     for field, producer in producers_for(spec):
         for rows in producer.run(spec, method, tick):
             emit({"kind": "rows", "field": field, "data": [r.model_dump(mode="json") for r in rows]})
+    _report_kernel_failures(spec, emit)
+
+
+def _report_kernel_failures(spec: JobSpec, emit: Callable[[dict], None]) -> None:
+    # a kernel that raised turned the Triton kernels off mid-run: the rows after it timed the PyTorch
+    # reference while the environment says triton, so the job must say so
+    from wtacrs import kernels
+
+    if spec.device == "cuda" and kernels.failures:
+        emit(
+            {
+                "kind": "error",
+                "data": f"the Triton kernels failed mid-run ({kernels.failures[0]}); later rows ran the PyTorch "
+                f"reference. Rerun with {kernels.ENV}=0 (reference only) or {kernels.ENV}=strict (raise at once)",
+            }
+        )
 
 
 def die_with_parent() -> None:

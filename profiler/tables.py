@@ -13,6 +13,7 @@ COMPILE_COLUMNS = (
     Column("compiled", "compiled", "flag"),
     Column("compile s", "compile_s", "digits"),
     Column("graphs", "compile_graphs", "int"),
+    Column("breaks", "compile_graph_breaks", "int"),
 )
 
 

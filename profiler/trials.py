@@ -12,19 +12,11 @@ from contract.methods import Method
 from contract.rows import FidelityRow, MaxBatchRow, Probe, TrialRow
 from contract.spec import JobSpec
 
+from .compiled import compile_step, compiled_graphs, measure_compiled_memory
 from .cuda_model import SM90
 from .environment import process_device_bytes
 from .maxbatch import search
-from .measure import (
-    CPUAllocatorRecord,
-    build_trial,
-    compile_step,
-    compiled_graphs,
-    free_cached,
-    measure_memory,
-    measure_throughput,
-    release,
-)
+from .measure import CPUAllocatorRecord, build_trial, free_cached, measure_memory, measure_throughput, release
 
 GIB = 2**30
 FIDELITY_DRAWS = 8
@@ -104,12 +96,13 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
                 row.update(measure_memory(trial, spec.device))
         built = context
         if spec.compile:  # cpu or cuda (the spec refuses estimate)
-            # compiled in warm-up steps before anything is measured (measure.compile_step), outside
+            # compiled in warm-up steps before anything is measured (compiled.compile_step), outside
             # the CPU record: profiling every op Dynamo traces would slow compiling severalfold
             row.update(compile_step(trial))
+            free_cached(drop_compiled=False)  # what warm-up left cached is no floor under the peaks
             graphs = compiled_graphs()
-            with _mode_context(spec) as context:
-                row.update(measure_memory(trial, spec.device))
+            with _mode_context(spec) as context:  # no storage tracker: it would make the step eager
+                row.update(measure_compiled_memory(trial, spec.device))
         if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
             # above what was allocated before the model was built; compiled, the measured steps'
             # peak (eager, the whole run's, which is the steps' too: building never holds more)

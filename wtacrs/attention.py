@@ -154,8 +154,10 @@ def _attention_backward(grad_out, q, k, v, mask, bias, lse, bits, scaling, p, ca
 
 @attention_backward_op.register_fake
 def _(grad_out, q, k, v, mask, bias, lse, bits, scaling, p, causal, groups, need_bias, *autocast):
-    grad_bias = torch.empty_like(bias) if need_bias else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_bias
+    # contiguous, as the real op returns them: q/k/v arrive as transposed views, and a fake that
+    # copied their strides would let a compiled backward view the real gradients wrongly
+    grad_bias = bias.new_empty(bias.shape) if need_bias else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_bias
 
 
 def _setup_attention(ctx, inputs, output):

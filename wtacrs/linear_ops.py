@@ -9,8 +9,8 @@ and bias gradients and folds ||dY_i|| into the layer's gradient-norm history. Th
 are the PyTorch reference code; the fake implementations give shapes only, so FakeTensorMode and
 torch.compile trace the layer without running it, and a saved-tensor hook still sees exactly what
 `linear` saves for backward (the same tensors as before the ops existed: the profiler's byte
-counts do not move). Autocast does not reach into a custom op, so the layer hands `linear` the
-copies autocast would have made.
+counts do not move). Autocast does not cast a custom op's inputs, so the layer hands `linear`
+the copies autocast would have made.
 
 On CUDA tensors `sample_rows` and the sampled weight gradient of `linear_backward` run fused
 Triton kernels instead (`wtacrs.kernels`; `WTACRS_TRITON=0` turns them off); everywhere else,
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import kernels
 from . import rows as row_sources
-from .dispatch import call, register_autograd
+from .dispatch import call, register_autograd, register_cuda
 from .estimator import sampling_plan
 from .norms import running_factor, update_tracker
 
@@ -58,7 +58,7 @@ def sample_rows(
     return idx.to(torch.int32), scale, kept
 
 
-@sample_rows.register_kernel("cuda")
+@register_cuda(sample_rows)
 def _(x, tables, factors, u, k, method, keep_rows, dtype):
     args = (x, tables, factors, u, k, method, keep_rows, dtype)
     if dtype in kernels.DTYPES and kernels.use_triton(x, *tables, *factors, u):
@@ -170,7 +170,7 @@ def linear_backward(
     )  # fmt: skip
 
 
-@linear_backward.register_kernel("cuda")
+@register_cuda(linear_backward)
 def _(
     grad, weight, saved, x_shape, need_x, need_w, need_b, kept_as, transposed, source, sw, sb, eps, sdt, tracker, ids
 ):

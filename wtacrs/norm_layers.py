@@ -19,11 +19,12 @@ from .families import RMSNORM_STYLES
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def mark_layernorm_output(module: nn.LayerNorm, args, output: Tensor) -> None:
+def mark_layernorm_output(module: nn.LayerNorm, args, output: Tensor) -> Tensor | None:
+    """A forward hook: the output marked (a hook's return value replaces the module's output)."""
     if len(module.normalized_shape) != 1:
-        return
+        return None
     source = row_sources.RowSource("layernorm", (args[0],), module.weight, module.bias, module.eps)
-    row_sources.mark(output, source)
+    return row_sources.mark(output, source)
 
 
 def _layernorm_rows(kind, tensors, idx, weight, bias, eps, dtype):

@@ -69,21 +69,21 @@ def _traced() -> object:
     return _traced  # what a mark made while compiling has for its hooks: nothing eager ever is
 
 
-# Kinds marked by a forward hook, which cannot hand back another tensor; their output is a plain
-# op's (F.layer_norm), which Dynamo lets take attributes.
-_MARKED_IN_PLACE = frozenset({"layernorm"})
+def attributable(t: Tensor) -> Tensor:
+    """`t`, or while compiling a view of it. Dynamo refuses an attribute (a row mark, a layer's
+    shared sample) on one tensor of an op's tuple of outputs (a custom op's (y, saved) pair, a
+    split) and would break the graph there; a view of it takes one (no copy: the same storage, one
+    alias in the graph)."""
+    return t.view_as(t) if torch.compiler.is_compiling() else t
 
 
 def mark(output: Tensor, source: RowSource) -> Tensor:
     """Mark `output` as recomputable from `source`; only when autograd recorded the producer.
-    Use the tensor it returns: while compiling, that is a marked alias of `output` (below)."""
+    Use the tensor it returns: while compiling, that is a marked alias of `output` (`attributable`;
+    unmarked outputs too, such as a frozen norm's under LoRA: a WTA-CRS layer reading one attaches
+    its shared sample to it)."""
     if torch.compiler.is_compiling():
-        # Dynamo refuses an attribute on one tensor of an op's tuple of outputs (a custom op's
-        # (y, saved) pair, a split) and would break the graph there; a view of it takes one (no
-        # copy: the same storage, one alias in the graph). Unmarked outputs too (a frozen norm under
-        # LoRA): a WTA-CRS layer reading one attaches its shared sample to it.
-        if source.kind.partition(":")[0] not in _MARKED_IN_PLACE:
-            output = output.view_as(output)
+        output = attributable(output)
         if output.requires_grad:
             setattr(output, _ATTR, (None, _traced, source))
     elif output.requires_grad:

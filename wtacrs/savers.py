@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from . import rows as row_sources
-from .dispatch import call, register_autograd
+from .dispatch import call, register_autograd, register_cuda
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -46,7 +46,7 @@ def bit_dropout(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p)), pack_bits(keep)
 
 
-@bit_dropout.register_kernel("cuda")
+@register_cuda(bit_dropout)
 def _(x, p):
     if kernels.use_triton(x) and x.is_contiguous():
 
@@ -74,7 +74,7 @@ def bit_relu(x: Tensor) -> tuple[Tensor, Tensor]:
     return y, pack_bits(y > 0)
 
 
-@bit_relu.register_kernel("cuda")
+@register_cuda(bit_relu)
 def _(x):
     if kernels.use_triton(x) and x.is_contiguous():
 
@@ -98,7 +98,7 @@ def masked_grad(grad: Tensor, bits: Tensor, scale: float) -> Tensor:
     return grad * unpack_bits(bits, grad.shape).to(grad.dtype) * scale
 
 
-@masked_grad.register_kernel("cuda")
+@register_cuda(masked_grad)
 def _(grad, bits, scale):
     if kernels.use_triton(grad, bits) and grad.is_contiguous() and bits.is_contiguous():
 
@@ -145,7 +145,7 @@ class BitDropout(nn.Dropout):
             return super().forward(x)
         if self.p >= 1.0:
             return x * 0.0
-        return call(bit_dropout, x, float(self.p))[0]
+        return row_sources.attributable(call(bit_dropout, x, float(self.p))[0])  # the next layer's sample
 
 
 class BitReLU(nn.ReLU):
@@ -154,7 +154,7 @@ class BitReLU(nn.ReLU):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled() or not x.requires_grad:
             return torch.relu(x)
-        return call(bit_relu, x)[0]
+        return row_sources.attributable(call(bit_relu, x)[0])
 
 
 _COMPACT_MAX = 1.0e4  # the derivatives are flat long before this, so clamping loses nothing

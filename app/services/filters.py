@@ -2,8 +2,9 @@
 
 An empty value ("" from a form's "any", None, an empty list) means "no condition", so a form can
 send every field. `mode` is the device a job ran on: `Job.device` for jobs, `ResultRow.mode` for
-rows (the same three words, cuda / cpu / estimate). `strategy` and `world_size` select rows by
-how they ran (a job's rows all ran one way; its spec says which)."""
+rows (the same three words, cuda / cpu / estimate). `strategy`, `world_size` and `compiled` select
+rows by how they ran (a job's rows all ran one way; its spec says which). `compiled` is the one
+where False is a condition (eager rows only): None is its "any"."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Filter:
     status: JobStatus | None = None  # jobs only: rows exist for finished attempts alone
     strategy: str | None = None  # rows only: none, ddp or fsdp
     world_size: int | None = None  # rows only
+    compiled: bool | None = None  # rows only: True the torch.compile rows, False the eager ones
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", _tuple(self.methods))
@@ -52,7 +54,7 @@ class Filter:
         conditions += [Job.created_at < self.until] if self.until else []
         return conditions
 
-    def _row_equal(self) -> dict[str, str | int]:
+    def _row_equal(self) -> dict[str, str | int | bool]:
         pairs = {
             "model": self.model,
             "mode": self.mode,
@@ -60,7 +62,10 @@ class Filter:
             "strategy": self.strategy,
             "world_size": self.world_size,
         }
-        return {column: value for column, value in pairs.items() if value}
+        equal: dict[str, str | int | bool] = {column: value for column, value in pairs.items() if value}
+        if self.compiled is not None:  # False selects too
+            equal["compiled"] = self.compiled
+        return equal
 
     def rows_where(self) -> list:
         conditions = [getattr(ResultRow, column) == value for column, value in self._row_equal().items()]

@@ -1,13 +1,15 @@
 """Result rows: saving a worker's rows, querying them across jobs, and the one comparison of
 methods that the API and the compare page share.
 
-The comparison rule: for each (model, mode, dtype, strategy, world_size, method, batch) the latest
-stored row (the highest id, chosen in SQL, so no page of rows has to be pulled first), and its
-ratios to the baseline method's latest row at the same (model, mode, dtype, strategy, world_size,
-batch). A 1-GPU run and an 8-rank FSDP run of one method are so two series (`series`: "full",
-"full · fsdp×8"), never one overwriting the other, each compared with the baseline run the same
-way. OOM rows are kept (an OOM is a measurement: the page shows "OOM") but have no ratio, nor does
-any row whose baseline is missing, OOM or lacks the number."""
+The comparison rule: for each (model, mode, dtype, strategy, world_size, compiled, method, batch)
+the latest stored row (the highest id, chosen in SQL, so no page of rows has to be pulled first),
+and its ratios to the baseline method's latest row at the same (model, mode, dtype, strategy,
+world_size, compiled, batch). A 1-GPU run and an 8-rank FSDP run of one method are so two series
+(`series`: "full", "full · fsdp×8"), and an eager run and a torch.compile run two more ("full",
+"full · compiled"), never one overwriting the other, each compared with the baseline run the same
+way: a compiled wtacrs row with the compiled full row, an eager one with the eager full row.
+OOM rows are kept (an OOM is a measurement: the page shows "OOM") but have no ratio, nor does any
+row whose baseline is missing, OOM or lacks the number."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ COLUMNS = (
     "created_at",
     "strategy",  # last, so a CSV read by position before they existed still reads the same
     "world_size",
+    "compiled",  # after them for the same reason
 )
 
 
@@ -65,6 +68,7 @@ def save(session: Session, job_id: str, result: JobRows) -> None:
                 dtype=job.dtype,
                 strategy=strategy,
                 world_size=world_size,
+                compiled=bool(row.compiled),  # TrialRow's default, False, for a row from before compile
                 peak_bytes=row.peak_bytes,
                 first_step_peak_bytes=row.first_step_peak_bytes,
                 activation_bytes=row.activation_bytes,
@@ -156,24 +160,41 @@ KEY = (
     ResultRow.dtype,
     ResultRow.strategy,
     ResultRow.world_size,
+    ResultRow.compiled,
     ResultRow.method,
     ResultRow.batch_size,
 )
 
 
 def series(row: ResultRow) -> str:
-    """The method as the compare page names a series: 'full', or 'full · fsdp×8' for a parallel run."""
-    if row.strategy in (None, "none"):
-        return row.method
-    return f"{row.method} · {row.strategy}×{row.world_size}"
+    """The method as the compare page names a series: 'full', 'full · fsdp×8' for a parallel run,
+    'full · compiled' for a torch.compile run (and 'full · fsdp×8 · compiled', were one parallel)."""
+    parts = [row.method]
+    if row.strategy not in (None, "none"):
+        parts.append(f"{row.strategy}×{row.world_size}")
+    if row.compiled:
+        parts.append("compiled")
+    return " · ".join(parts)
 
 
 def _key(row: ResultRow, method: str | None = None) -> tuple:
-    return (row.model, row.mode, row.dtype, row.strategy, row.world_size, method or row.method, row.batch_size)
+    """`KEY`'s values for `row`; with `method`, those of that method's row run the same way (the
+    same strategy, world_size and compiled flag): where its baseline is."""
+    return (
+        row.model,
+        row.mode,
+        row.dtype,
+        row.strategy,
+        row.world_size,
+        bool(row.compiled),
+        method or row.method,
+        row.batch_size,
+    )
 
 
 def latest(session: Session, f: Filter) -> list[ResultRow]:
-    """The latest row per (model, mode, dtype, strategy, world_size, method, batch) among those `f` selects."""
+    """The latest row per (model, mode, dtype, strategy, world_size, compiled, method, batch) among
+    those `f` selects."""
     newest = select(func.max(ResultRow.id)).where(*f.rows_where()).group_by(*KEY)
     return list(session.execute(select(ResultRow).where(ResultRow.id.in_(newest))).scalars())
 
@@ -185,7 +206,7 @@ def _ratio(numerator, denominator) -> float | None:
 @dataclass(frozen=True)
 class Compared:
     row: ResultRow
-    baseline: ResultRow | None  # the baseline method's latest row at the same key and batch
+    baseline: ResultRow | None  # the baseline method's latest row at the same key and batch, compiled if this is
 
     @property
     def series(self) -> str:
@@ -207,12 +228,23 @@ class Compared:
 
 
 def compare(session: Session, f: Filter, baseline: str) -> list[Compared]:
-    """The latest rows `f` selects, each with the baseline's run the same way, ordered by (model,
-    mode, dtype, method, world_size, strategy, batch): a method's 1-GPU series, then its parallel
-    ones. The baseline must be among the methods `f` selects to be found."""
+    """The latest rows `f` selects, each with the baseline's run the same way (the same strategy,
+    world_size and compiled flag: a compiled row's ratios are to the compiled baseline row, never
+    to the eager one), ordered by (model, mode, dtype, method, compiled, world_size, strategy,
+    batch): a method's eager series (1-GPU, then parallel), then its compiled ones. The baseline
+    must be among the methods `f` selects to be found (and, for a compiled row, have run
+    compiled at that batch)."""
     rows = latest(session, f)
     by_key = {_key(r): r for r in rows}
     out = [Compared(r, by_key.get(_key(r, baseline))) for r in rows]
     return sorted(
-        out, key=lambda c: (*_key(c.row)[:3], c.row.method, c.row.world_size, c.row.strategy, c.row.batch_size)
+        out,
+        key=lambda c: (
+            *_key(c.row)[:3],
+            c.row.method,
+            bool(c.row.compiled),
+            c.row.world_size,
+            c.row.strategy,
+            c.row.batch_size,
+        ),
     )

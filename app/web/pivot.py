@@ -44,6 +44,7 @@ CSV_COLUMNS = (
     "job_id",
     "strategy",  # last, so a CSV read by position before they existed still reads the same
     "world_size",
+    "compiled",
 )
 
 
@@ -56,6 +57,7 @@ def csv_rows(table: dict[tuple, dict[int, Cell]], baseline: str) -> list[dict]:
             "method": c.row.method,
             "strategy": c.row.strategy,
             "world_size": c.row.world_size,
+            "compiled": c.row.compiled,
             "batch_size": b,
             "peak_bytes": c.row.peak_bytes,
             "oom": c.row.oom,

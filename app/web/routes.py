@@ -40,6 +40,7 @@ _ANY = BeforeValidator(lambda value: value or None)
 AnyStatus = Annotated[JobStatus | None, _ANY]
 AnyStrategy = Annotated[Literal["none", "ddp", "fsdp"] | None, _ANY]
 AnyWorldSize = Annotated[Annotated[int, Field(ge=1, le=1024)] | None, _ANY]
+AnyCompiled = Annotated[bool | None, _ANY]  # "true": torch.compile rows, "false": eager ones
 
 
 @router.get("/static/plotly.min.js")
@@ -125,6 +126,7 @@ def compare_page(
     jobs: str | None = Query(None, description="comma-separated job ids to compare"),
     strategy: AnyStrategy = None,
     world_size: AnyWorldSize = None,
+    compiled: AnyCompiled = None,
 ) -> HTMLResponse:
     models, model = _models(session, model)
     job_ids = [j.strip() for j in (jobs or "").split(",")]
@@ -136,6 +138,7 @@ def compare_page(
         job_ids=job_ids,
         strategy=strategy,
         world_size=world_size,
+        compiled=compiled,
     )
     compared = results.compare(session, f, baseline)
     rows = [c.row for c in compared]
@@ -183,6 +186,7 @@ def compare_page(
             "method": method or [],
             "strategy": strategy,
             "world_size": world_size,
+            "compiled": compiled,
         },
         methods=results.methods(session, model),
         export_query=request.url.query,
@@ -200,9 +204,18 @@ def compare_csv(
     baseline: str = "full",
     strategy: AnyStrategy = None,
     world_size: AnyWorldSize = None,
+    compiled: AnyCompiled = None,
 ) -> Response:
     """The pivot (model x series x batch, ratio to the baseline) as CSV."""
-    f = Filter(model=model, methods=method, mode=mode, dtype=dtype, strategy=strategy, world_size=world_size)
+    f = Filter(
+        model=model,
+        methods=method,
+        mode=mode,
+        dtype=dtype,
+        strategy=strategy,
+        world_size=world_size,
+        compiled=compiled,
+    )
     table = pivot.pivot(results.compare(session, f, baseline))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=pivot.CSV_COLUMNS)
@@ -229,7 +242,7 @@ def history_page(
     rows = results.largest_batch_rows(session, Filter(model=model), metric, batch_size) if model else []
     points = [
         {
-            "method": r.method,
+            "method": results.series(r),  # a compiled or parallel run is its own line
             "at": r.created_at.isoformat(),
             "value": getattr(r, metric) * METRICS[metric],
             "job_id": r.job_id,

@@ -1,21 +1,24 @@
 """One comparison rule for the API and the compare page: the latest row per (model, mode, dtype,
-strategy, world_size, method, batch), chosen in SQL; ratios to the baseline's latest row run the
-same way; OOM rows kept, without ratio."""
+strategy, world_size, compiled, method, batch), chosen in SQL; ratios to the baseline's latest row
+run the same way; OOM rows kept, without ratio."""
 
 import csv
 import io
 import json
 
+from app.models import ResultRow
+from app.services.results import COLUMNS, series
 from tests.app.conftest import auth
-from tests.app.test_queue import MINIMAL, ROW, register, submit
+from tests.app.test_queue import ROW, register, submit
 
 MIB = 2**20
 
 
-def finish(client, worker, rows):
-    job_id = submit(client)
+def finish(client, worker, rows, spec=None, ran_as=None):
+    """Submits MINIMAL (with `spec`'s fields), claims it and reports `rows`, each with `ran_as`'s fields."""
+    job_id = submit(client, **(spec or {}))
     attempt = client.post(f"/api/workers/{worker}/claim", headers=auth()).json()["attempt"]
-    result = {"results": rows, "environment": {"device_name": "cpu"}, "errors": []}
+    result = {"results": [{**r, **(ran_as or {})} for r in rows], "environment": {"device_name": "cpu"}, "errors": []}
     r = client.post(
         f"/api/workers/{worker}/jobs/{job_id}/result", json={"attempt": attempt, "result": result}, headers=auth()
     )
@@ -77,16 +80,8 @@ def test_the_baseline_comes_from_the_same_selection(client):
 
 
 def finish_parallel(client, worker, rows, strategy, world_size):
-    spec = {**MINIMAL, "parallel": {"strategy": strategy, "world_size": world_size}}
-    job_id = client.post("/api/jobs", json=spec, headers=auth()).json()["id"]
-    attempt = client.post(f"/api/workers/{worker}/claim", headers=auth()).json()["attempt"]
-    ran = [{**r, "strategy": strategy, "world_size": world_size} for r in rows]
-    result = {"results": ran, "environment": {"device_name": "cpu"}, "errors": []}
-    r = client.post(
-        f"/api/workers/{worker}/jobs/{job_id}/result", json={"attempt": attempt, "result": result}, headers=auth()
-    )
-    assert r.status_code == 204, r.text
-    return job_id
+    parallel = {"strategy": strategy, "world_size": world_size}
+    return finish(client, worker, rows, {"parallel": parallel}, parallel)
 
 
 def test_one_device_and_parallel_runs_of_a_method_are_separate_series(client):
@@ -125,3 +120,97 @@ def test_one_device_and_parallel_runs_of_a_method_are_separate_series(client):
     table = list(csv.DictReader(io.StringIO(client.get("/compare.csv", params={"model": "bert-tiny"}).text)))
     cells = {(t["method"], t["strategy"], t["world_size"]): t for t in table}
     assert cells["full", "fsdp", "8"]["job_id"] == fsdp and cells["full", "none", "1"]["job_id"] == single
+
+
+def finish_compiled(client, worker, rows):
+    ran_as = {"compiled": True, "compile_backend": "inductor", "compile_s": 3.5}
+    return finish(client, worker, rows, {"compile": True}, ran_as)
+
+
+def test_compiled_and_eager_runs_of_a_method_are_separate_series(client):
+    w = register(client)
+    eager = finish(client, w, [row("full", 2, 400, 100.0), row("wtacrs@0.3", 2, 200, 90.0)])
+    compiled = finish_compiled(client, w, [row("full", 2, 300, 150.0), row("wtacrs@0.3", 2, 100, 120.0)])
+    # an eager run measured after the compiled one replaces the eager full row, not the compiled one
+    eager2 = finish(client, w, [row("full", 2, 450, 110.0)])
+    compare = client.get("/api/results/compare", params={"model": "bert-tiny"}).json()
+    got = {c["series"]: c for c in compare}
+    assert list(got) == ["full", "full · compiled", "wtacrs@0.3", "wtacrs@0.3 · compiled"]
+    assert [c["compiled"] for c in compare] == [False, True, False, True]
+    assert got["full"]["peak_bytes"] == 450 * MIB and got["full · compiled"]["peak_bytes"] == 300 * MIB
+    # each against the baseline run the same way: compiled wtacrs vs compiled full, eager vs eager
+    assert got["wtacrs@0.3"]["memory_ratio_to_baseline"] == 450 / 200
+    assert got["wtacrs@0.3"]["speed_ratio_to_baseline"] == 90.0 / 110.0
+    assert got["wtacrs@0.3 · compiled"]["memory_ratio_to_baseline"] == 3.0
+    assert got["wtacrs@0.3 · compiled"]["speed_ratio_to_baseline"] == 120.0 / 150.0
+    assert got["full · compiled"]["memory_ratio_to_baseline"] == 1.0
+
+    only = client.get("/api/results/compare", params={"model": "bert-tiny", "compiled": "true"}).json()
+    assert [(c["series"], c["memory_ratio_to_baseline"]) for c in only] == [
+        ("full · compiled", 1.0),
+        ("wtacrs@0.3 · compiled", 3.0),
+    ]
+    eager_only = client.get("/api/results/compare", params={"model": "bert-tiny", "compiled": "false"}).json()
+    assert [(c["series"], c["memory_ratio_to_baseline"]) for c in eager_only] == [
+        ("full", 1.0),
+        ("wtacrs@0.3", 450 / 200),
+    ]
+    rows = client.get("/api/results", params={"compiled": True}).json()  # SQL written by hand on PostgreSQL
+    assert sorted((r["job_id"], r["method"], r["compiled"]) for r in rows) == [
+        (compiled, "full", True),
+        (compiled, "wtacrs@0.3", True),
+    ]
+    assert list(rows[0]) == list(COLUMNS) and list(COLUMNS)[-3:] == ["strategy", "world_size", "compiled"]
+    eager_rows = client.get("/api/results", params={"compiled": "false"}).json()
+    assert {r["job_id"] for r in eager_rows} == {eager, eager2} and len(eager_rows) == 3
+    assert not any(r["compiled"] for r in eager_rows)
+    for bad in ({"compiled": "maybe"}, {"compiled": "2"}):
+        r = client.get("/api/results/compare", params={"model": "bert-tiny", **bad})
+        assert r.status_code == 422 and "compiled" in r.text, r.text
+        assert client.get("/api/results", params=bad).status_code == 422
+        assert client.get("/compare", params={"model": "bert-tiny", **bad}).status_code == 422
+        assert client.get("/compare.csv", params={"model": "bert-tiny", **bad}).status_code == 422
+
+    exported = list(csv.reader(io.StringIO(client.get("/api/results/export", params={"compiled": "true"}).text)))
+    assert exported[0] == list(COLUMNS) and exported[0][-1] == "compiled"
+    assert sorted(r[-1] for r in exported[1:]) == ["True", "True"]
+    everything = list(csv.DictReader(io.StringIO(client.get("/api/results/export").text)))
+    assert sorted((r["job_id"], r["compiled"]) for r in everything) == sorted(
+        [(eager, "False"), (eager, "False"), (compiled, "True"), (compiled, "True"), (eager2, "False")]
+    )
+    as_json = client.get("/api/results/export", params={"format": "json", "job_id": compiled}).json()
+    assert [r["compiled"] for r in as_json] == [True, True]
+
+    page = client.get("/compare", params={"model": "bert-tiny"}).text
+    assert "wtacrs@0.3 · compiled" in page and "(3.00x)" in page and "(2.25x)" in page
+    assert json.dumps("full · compiled [cpu]") in page  # the chart's series
+    assert client.get("/compare", params={"model": "bert-tiny", "compiled": ""}).status_code == 200  # "any"
+    history = client.get("/history", params={"model": "bert-tiny"}).text  # one line per series there too
+    assert json.dumps("wtacrs@0.3 · compiled") in history and json.dumps("wtacrs@0.3") in history
+    eager_page = client.get("/compare", params={"model": "bert-tiny", "compiled": "false"}).text
+    assert "full · compiled" not in eager_page and "(2.25x)" in eager_page
+    assert '<option value="false" selected>eager</option>' in eager_page
+    table = list(
+        csv.DictReader(io.StringIO(client.get("/compare.csv", params={"model": "bert-tiny", "compiled": "true"}).text))
+    )
+    assert sorted((t["method"], t["job_id"], t["ratio_to_baseline"], t["compiled"]) for t in table) == [
+        ("full", compiled, "1.0", "True"),
+        ("wtacrs@0.3", compiled, "3.0", "True"),
+    ]
+    unfiltered = list(csv.DictReader(io.StringIO(client.get("/compare.csv", params={"model": "bert-tiny"}).text)))
+    assert {(t["method"], t["compiled"]) for t in unfiltered} == {
+        ("full", "False"),
+        ("full", "True"),
+        ("wtacrs@0.3", "False"),
+        ("wtacrs@0.3", "True"),
+    }
+
+
+def test_series_names_compose():
+    def named(**how):
+        return series(ResultRow(method="full", **{"strategy": "none", "world_size": 1, "compiled": False, **how}))
+
+    assert named() == "full"
+    assert named(compiled=True) == "full · compiled"
+    assert named(strategy="fsdp", world_size=8) == "full · fsdp×8"
+    assert named(strategy="fsdp", world_size=8, compiled=True) == "full · fsdp×8 · compiled"

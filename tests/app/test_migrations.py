@@ -1,6 +1,7 @@
-"""Migration 0003 (multi-GPU placement) on a store that already holds jobs and rows, on SQLite and
-PostgreSQL: existing cuda jobs get the GPUs their spec needs, stored rows the strategy and
-world_size they ran with; it downgrades and upgrades again; and the models match the migrations."""
+"""Migrations 0003 (multi-GPU placement) and 0004 (compiled rows) on a store that already holds
+jobs and rows, on SQLite and PostgreSQL: existing cuda jobs get the GPUs their spec needs, stored
+rows the strategy and world_size they ran with and whether they ran compiled; each downgrades and
+upgrades again; and the models match the migrations."""
 
 import datetime as dt
 
@@ -101,3 +102,45 @@ def test_0003_migrates_stored_jobs_and_rows_and_round_trips(database_url):
         return change[0] == "modify_default" or (sqlite and change[0] == "modify_type" and change[3] == "dtype")
 
     assert [c for c in changes if not known(c)] == []
+
+
+def test_0004_backfills_compiled_from_the_stored_rows_and_round_trips(database_url):
+    db = Database(database_url)
+    alembic(db, command.upgrade, "0003")
+    with db.engine.begin() as conn:
+        conn.execute(sa.insert(JOBS), [job("compiled", "cpu"), job("eager", "cpu"), job("old", "cpu")])
+        conn.execute(
+            sa.insert(RESULTS),
+            [
+                row("compiled", "full", compiled=True, compile_backend="inductor"),
+                row("compiled", "wtacrs@0.3", compiled=True, compile_backend="inductor"),
+                row("eager", "full", compiled=False),
+                row("old", "full"),  # from before compile: the row does not say
+            ],
+        )
+    read = sa.select(sa.column("job_id"), sa.column("method"), sa.column("compiled", sa.Boolean))
+    read = read.select_from(sa.table("results")).order_by(sa.column("id"))
+
+    alembic(db, command.upgrade, "0004")
+    with db.engine.connect() as conn:
+        backfilled = [tuple(r) for r in conn.execute(read)]
+    expected = [
+        ("compiled", "full", True),
+        ("compiled", "wtacrs@0.3", True),
+        ("eager", "full", False),
+        ("old", "full", False),
+    ]
+    assert backfilled == expected
+
+    alembic(db, command.downgrade, "0003")
+    with db.engine.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("results")}
+        assert "compiled" not in columns and {"strategy", "world_size"} <= columns
+        assert conn.execute(sa.text("SELECT count(*) FROM results")).scalar_one() == 4
+    alembic(db, command.upgrade, "head")
+    with db.engine.begin() as conn:
+        assert [tuple(r) for r in conn.execute(read)] == expected
+        # a row written without the column (an insert that predates it) reads as eager
+        conn.execute(sa.insert(RESULTS), [row("eager", "lora")])
+        assert conn.execute(read).all()[-1][2] is False
+    db.engine.dispose()

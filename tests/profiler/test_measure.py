@@ -112,6 +112,25 @@ def test_cpu_throughput_fields():
     assert row["timed_steps"] == 2 and row["step_time_min_s"] <= row["step_time_s"] <= row["step_time_max_s"]
     env = result["environment"]
     assert env["mode"] == "cpu" and env["torch_version"] and env["transformers_version"]
+    assert env["wtacrs_kernels"] == "pytorch reference (the Triton kernels are CUDA-only)"
+
+
+def test_a_kernel_failure_mid_run_is_the_jobs_error(monkeypatch):
+    from profiler import runner
+    from wtacrs import kernels
+
+    spec = {**BASE, "model": "bert-tiny", "methods": ["full"], "batch_sizes": [2]}
+    events = []
+    monkeypatch.setattr(kernels, "failures", [])
+    runner._report_kernel_failures(JobSpec.model_validate({**spec, "device": "cuda"}), events.append)
+    assert events == []  # nothing failed: nothing to say
+    monkeypatch.setattr(kernels, "failures", ["wtacrs::bit_relu: RuntimeError('ptxas')"])
+    runner._report_kernel_failures(JobSpec.model_validate({**spec, "device": "cpu"}), events.append)
+    assert events == []  # the CPU never runs the kernels
+    runner._report_kernel_failures(JobSpec.model_validate({**spec, "device": "cuda"}), events.append)
+    [event] = events
+    assert event["kind"] == "error" and "wtacrs::bit_relu: RuntimeError('ptxas')" in event["data"]
+    assert "WTACRS_TRITON=0" in event["data"]
 
 
 def test_checkpointing_and_lora_change_what_is_kept():

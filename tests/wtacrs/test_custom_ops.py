@@ -143,6 +143,11 @@ def test_attention_ops(p, with_bias):
     grads = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask, None if bias is None else bias.detach())
     bwd = (*grads, lse.detach(), bits, 0.3, p, False, 1, with_bias, "cpu", torch.bfloat16, False)
     torch.library.opcheck(attention.attention_backward_op, bwd)
+    # as a model calls it: q/k/v are [B, L, H, D] projections viewed as [B, H, L, D]; the fake must
+    # still give the contiguous gradients the op returns, or a compiled backward views them wrongly
+    views = tuple(t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    assert not views[0].is_contiguous()
+    torch.library.opcheck(attention.attention_backward_op, (grads[0], *views, *bwd[4:]))
 
 
 def test_row_sources_are_plain_data():
@@ -172,7 +177,7 @@ def test_the_traced_attention_is_the_op_run_op_by_op():
     bias = _x(1, 4, 5, 5, dtype=torch.float64, grad=True)
     args = (q, k, v, None, bias, 0.3, 0.0, True, 1, torch.float64)
     g = torch.randn(2, 5, 4, 8, dtype=torch.float64)
-    traced = dispatch.traced(attention.attention_op).apply(*args)[0]
+    traced = dispatch.function(attention.attention_op, "reference").apply(*args)[0]
     op = attention.attention_op(*args)[0]
     torch.testing.assert_close(traced, op)
     grads = [torch.autograd.grad(y, (q, k, v, bias), g) for y in (traced, op)]

@@ -50,6 +50,7 @@ import json, sys, traceback
 import numpy as np
 np.seterr(all="ignore")  # the interpreter also computes the masked-off lanes of a block
 from tests.wtacrs import test_kernels as checks
+checks._fix_old_interpreter()
 for line in sys.stdin:
     request = json.loads(line)
     try:
@@ -60,6 +61,27 @@ for line in sys.stdin:
     sys.stdout.write("@@" + json.dumps(reply) + "\n")
     sys.stdout.flush()
 """
+
+
+def _fix_old_interpreter():
+    """Triton < 3.7's interpreter turns a scalar argument (a 1-element array) into a Python int
+    with `int(array)`, which NumPy >= 2.4 refuses for arrays that are not 0-d ("only 0-dimensional
+    arrays can be converted to Python scalars"): every `range(0, n, BLOCK)` over a kernel argument
+    fails. Triton 3.7 squeezes the array first; do the same on older ones. The interpreter only:
+    compiled kernels (a GPU) never take this path."""
+    import triton
+
+    if tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 7):
+        return
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor  # applied at every launch (3.6: in a scope undone after it)
+
+    def patch_and_fix(tensor, *args, **kwargs):
+        patch(tensor, *args, **kwargs)
+        tensor.__index__ = lambda self: int(self.handle.data.squeeze())  # 3.7's
+
+    interpreter._patch_lang_tensor = patch_and_fix
 
 
 class _Interpreter:
@@ -421,8 +443,26 @@ def test_cpu_and_the_switch_keep_the_reference(monkeypatch):
     assert not kernels.use_triton(x)  # CPU tensors: the reference, always
     monkeypatch.setenv(kernels.ENV, "0")
     assert not kernels.use_triton()
+    assert kernels.describe() == "pytorch reference (WTACRS_TRITON=0)"
     monkeypatch.setenv(kernels.ENV, "1")
     assert kernels.use_triton() == kernels.triton_available()
+    if kernels.triton_available():
+        import triton
+
+        assert kernels.describe() == f"triton {triton.__version__}"
+        monkeypatch.setenv(kernels.ENV, "strict")
+        assert kernels.describe() == f"triton {triton.__version__} (strict)"
+
+
+def test_an_older_gpu_is_described_as_running_the_reference(monkeypatch):
+    from wtacrs import kernels
+
+    monkeypatch.setattr(kernels, "failures", [])
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(kernels, "_device_ok", lambda index: False)  # a V100, a T4, a ROCm GPU
+    assert kernels.describe() == "pytorch reference (the kernels need an NVIDIA GPU of sm_80 or newer)"
 
 
 def test_a_kernel_that_raises_falls_back_to_the_reference(monkeypatch):
@@ -441,6 +481,7 @@ def test_a_kernel_that_raises_falls_back_to_the_reference(monkeypatch):
     with pytest.warns(RuntimeWarning, match="wtacrs::op.*no such instruction.*PyTorch reference"):
         assert kernels.run("wtacrs::op", broken, lambda: "reference") == "reference"
     assert kernels.failures and not kernels.use_triton()  # off for the rest of the process
+    assert kernels.describe() == "pytorch reference (a kernel failed: wtacrs::op: RuntimeError('no such instruction'))"
 
 
 # ---------------------------------------------------------------- the real compiler, no GPU needed
@@ -494,6 +535,101 @@ def test_every_kernel_compiles_for_sm90():
     for fn, sig, meta in cases:
         compiled = _compile_sm90(fn, sig, meta)
         assert compiled.asm["cubin"], fn
+
+
+def _compile_launches_for_sm90(monkeypatch) -> list[tuple[str, dict, dict]]:
+    """From here on, `kernel[grid](*args)` compiles what the same launch compiles on an H100 and
+    launches nothing: the JIT's own binder specialises the arguments given (dtypes, 16-byte
+    alignment, ints equal to 1 become constants, ints divisible by 16 are marked so) and the
+    result is compiled for sm_90. Returns the list each compile is appended to (kernel name,
+    signature, constants). Uses the JIT's internals `create_function_from_signature` and
+    `JITFunction._pack_args`, the same in triton 3.5 ... 3.9."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime import jit
+
+    if not (hasattr(jit, "create_function_from_signature") and hasattr(jit.JITFunction, "_pack_args")):
+        pytest.fail(f"triton {triton.__version__}'s JIT has other internals: adapt _compile_launches_for_sm90")
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    compiled = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        binder = jit.create_function_from_signature(self.signature, self.params, backend)
+        bound_args, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound_args, specialization, options)
+        kernel = triton.compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__)
+        assert kernel.asm["cubin"], self.__name__
+        compiled.append((self.__name__, signature, constexprs))
+        return kernel
+
+    monkeypatch.setattr(jit.JITFunction, "run", run)
+    return compiled
+
+
+@needs_triton
+@pytest.mark.slow
+def test_every_launch_compiles_for_sm90(monkeypatch):
+    """The kernels launched as the ops launch them on a GPU, each branch of their constants and the
+    argument specialisations a GPU run meets (odd sizes, k = 1, unit strides, a transposed input),
+    compiled for sm_90: what the hand-written signatures above cannot see."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        pytest.skip("TRITON_INTERPRET=1: the kernels are interpreted functions in this process")
+    from wtacrs.kernels import bits, sampling, weight_grad
+
+    compiled = _compile_launches_for_sm90(monkeypatch)
+    # the tiles and the TF32 choice a GPU makes (132 SMs: an H100 SXM)
+    monkeypatch.setattr(weight_grad, "_config", lambda n_m, n_n, dtype, device: weight_grad._gpu_config(n_m, n_n, dtype, 132))  # fmt: skip
+    precision = {"value": "ieee"}
+    monkeypatch.setattr(weight_grad, "_precision", lambda device: precision["value"])
+    seed = torch.tensor([3], dtype=torch.int64)
+    for dt, shape in [(torch.float32, (4, 128, 771)), (torch.bfloat16, (4, 128, 771)), (torch.float16, (4, 128, 771)), (torch.float32, (2, 9, 13))]:  # fmt: skip
+        x = torch.randn(*shape).to(dt)
+        _, packed = bits.relu(x)
+        bits.masked_grad(x, packed, 1.0 / 0.7)
+        bits.dropout(x, 0.1, seed)
+    b, h, f = torch.bfloat16, torch.float16, torch.float32
+    transposed_x = torch.randn(768, 512).t()  # [512, 768], unit row stride
+    for x, n_tables, n_factors, k, method, keep_rows, out in [
+        (torch.randn(4, 128, 768).to(b), 2, 0, 154, "wta", True, b),
+        (torch.randn(4, 128, 768), 0, 0, 154, "crs", True, b),
+        (torch.randn(2, 9, 13).to(h), 5, 1, 5, "wta", True, h),  # four tables fused, the rest as factors
+        (torch.randn(3, 11, 13), 1, 0, 1, "wta", True, f),
+        (transposed_x, 0, 0, 51, "crs", True, f),
+        (torch.randn(4, 128, 768).to(b), 1, 0, 154, "topk", False, b),
+    ]:  # fmt: skip
+        seq, n = (x.shape[-2], x.shape[:-1].numel()) if x.dim() >= 3 else (1, x.shape[0])
+        tables = [torch.rand(seq + t) + 0.1 for t in range(n_tables)]
+        factors = [torch.rand(n) + 0.1 for _ in range(n_factors)]
+        sampling.sample_rows(x, tables, factors, torch.rand(k), k, method, keep_rows, out)
+    for g_dt, rows_dt, scaled, transposed, out, tf32, (n, d_out, d_in, k) in [
+        (b, b, False, False, f, False, (512, 768, 3072, 154)),  # 128 x 128 tiles
+        (b, b, False, True, b, True, (512, 768, 3072, 154)),
+        (b, f, True, False, f, False, (512, 768, 768, 154)),  # a row source: scaled in the kernel; 64 x 64 tiles
+        (h, h, False, True, h, False, (90, 13, 7, 9)),
+        (f, f, False, False, f, False, (512, 768, 768, 154)),
+        (f, f, True, True, f, True, (512, 768, 768, 1)),
+    ]:  # fmt: skip
+        precision["value"] = "tf32" if tf32 else "ieee"
+        idx = torch.randint(0, n, (k,), dtype=torch.int32)
+        scale = torch.rand(k) if scaled else None
+        weight_grad.weight_grad(torch.randn(n, d_out).to(g_dt), idx, torch.randn(k, d_in).to(rows_dt), scale, transposed, out)  # fmt: skip
+    names = {name for name, _, _ in compiled}
+    assert names == {
+        "_relu_kernel", "_masked_grad_kernel", "_dropout_kernel", "_row_weights_kernel", "_plan_kernel",
+        "_gather_kernel", "_weight_grad_kernel",
+    }, names  # fmt: skip
+    # each constant branch was compiled
+    consts = {}
+    for name, signature, constexprs in compiled:
+        names_by_index = list(signature)
+        for path, value in constexprs.items():
+            consts.setdefault((name, names_by_index[path[0]]), set()).add(value)
+    assert consts[("_row_weights_kernel", "NUM_T")] >= {0, 1, 2, 4} and consts[("_row_weights_kernel", "HAS_SQ")] == {False, True}  # fmt: skip
+    assert consts[("_plan_kernel", "WTA")] == {False, True} and consts[("_gather_kernel", "KIND")] == {0, 1, 2}
+    assert consts[("_weight_grad_kernel", "PRECISION")] == {"ieee", "tf32"}
+    assert consts[("_weight_grad_kernel", "SCALED")] == {False, True} and consts[("_weight_grad_kernel", "OUT_KIND")] == {0, 1, 2}  # fmt: skip
 
 
 # ---------------------------------------------------------------- on a GPU

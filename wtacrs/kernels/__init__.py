@@ -55,7 +55,7 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     """Whether the CUDA implementations run the Triton kernels on these tensors: WTACRS_TRITON is
     not 0, triton imports, and each tensor given is on an NVIDIA GPU (sm80+) in fp32, fp16 or bf16
     (integer and bool tensors: any dtype)."""
-    if os.environ.get(ENV, "1") == "0" or failures or not triton_available():
+    if _off() is not None:
         return False
     for t in tensors:
         if t is None:
@@ -65,6 +65,30 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
         if t.dtype.is_floating_point and t.dtype not in DTYPES:
             return False
     return True
+
+
+def _off() -> str | None:
+    """Why the kernels are off for every tensor, or None."""
+    if os.environ.get(ENV, "1") == "0":
+        return f"{ENV}=0"
+    if failures:
+        return f"a kernel failed: {failures[0]}"
+    if not triton_available():
+        return "triton does not import"
+    return None
+
+
+def describe() -> str:
+    """Which implementation the ops' CUDA kernels are, as a result's environment records it."""
+    off = _off()
+    if off is None and torch.cuda.is_available() and not _device_ok(torch.cuda.current_device()):
+        off = "the kernels need an NVIDIA GPU of sm_80 or newer"
+    if off is not None:
+        return f"pytorch reference ({off})"
+    import triton
+
+    strict = " (strict)" if os.environ.get(ENV) == "strict" else ""
+    return f"triton {triton.__version__}{strict}"
 
 
 def run(op: str, fused, reference):

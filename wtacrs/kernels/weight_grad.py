@@ -59,12 +59,22 @@ def _weight_grad_kernel(
 def _config(n_m: int, n_n: int, dtype: torch.dtype, device: torch.device) -> dict:
     if device.type != "cuda":  # the interpreter: small tiles, nothing to tune
         return {"BM": 32, "BN": 32, "BK": 16}
+    return _gpu_config(n_m, n_n, dtype, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _gpu_config(n_m: int, n_n: int, dtype: torch.dtype, sms: int) -> dict:
+    """The tiles on a GPU with `sms` multiprocessors (apart from `_config`: the sm_90 compile test
+    takes them without a GPU)."""
     if dtype == torch.float32:  # no tensor cores unless TF32 is allowed: FMA tiles
         return {"BM": 64, "BN": 64, "BK": 32, "num_warps": 4, "num_stages": 3}
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     if triton.cdiv(n_m, 128) * triton.cdiv(n_n, 128) >= sms:
         return {"BM": 128, "BN": 128, "BK": 32, "num_warps": 8, "num_stages": 3}
     return {"BM": 64, "BN": 64, "BK": 32, "num_warps": 4, "num_stages": 3}  # more programs than SMs
+
+
+def _precision(device: torch.device) -> str:
+    """tl.dot's input precision for fp32 operands: TF32 where torch's matmuls may use it."""
+    return "tf32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def weight_grad(
@@ -83,13 +93,12 @@ def weight_grad(
         return gw.zero_()
     stride_om, stride_on = (gw.stride(1), gw.stride(0)) if transposed else gw.stride()
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    tf32 = g2.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     cfg = _config(n_m, n_n, g2.dtype, g2.device)
     grid = (triton.cdiv(n_m, cfg["BM"]), triton.cdiv(n_n, cfg["BN"]))
     _weight_grad_kernel[grid](
         g2, idx, rows, rows if scale is None else scale, gw, k, n_m, n_n,
         g2.stride(0), g2.stride(1), rows.stride(0), rows.stride(1), stride_om, stride_on,
         G_KIND=kind(g2.dtype), X_KIND=kind(rows.dtype), OUT_KIND=kind(out_dtype), SCALED=scale is not None,
-        UPCAST=interpret and g2.dtype == torch.bfloat16, PRECISION="tf32" if tf32 else "ieee", **cfg,
+        UPCAST=interpret and g2.dtype == torch.bfloat16, PRECISION=_precision(g2.device), **cfg,
     )  # fmt: skip
     return gw

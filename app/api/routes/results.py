@@ -33,6 +33,9 @@ async def row_filter(
         None, pattern="^(none|ddp|fsdp)$", description="how the rows ran: none (one device), ddp or fsdp"
     ),
     world_size: int | None = Query(None, ge=1, le=1024, description="ranks the rows ran on (1: one device)"),
+    compiled: bool | None = Query(
+        None, description="true: the rows run under torch.compile (spec compile: true); false: the eager ones"
+    ),
 ) -> Filter:
     # a time without an offset is UTC, like every stored one; one with an offset is converted
     try:
@@ -49,6 +52,7 @@ async def row_filter(
         until=until,
         strategy=strategy,
         world_size=world_size,
+        compiled=compiled,
     )
 
 
@@ -73,14 +77,17 @@ async def query_results(request: Request, _: Reader, f: FilterDep, p: PageDep) -
 
 @router.get("/compare")
 def compare(session: SessionDep, _: Reader, f: FilterDep, p: PageDep, baseline: str = "full") -> list[dict]:
-    """Per (mode, dtype, batch, method, strategy, world_size): the latest row's peak memory and
-    tokens/s, and their ratios to the baseline method's latest row run the same way (None for OOM
-    rows or without a baseline). `series` names each: "full", or "full · fsdp×8" for 8 FSDP ranks.
+    """Per (mode, dtype, batch, method, strategy, world_size, compiled): the latest row's peak
+    memory and tokens/s, and their ratios to the baseline method's latest row run the same way
+    (None for OOM rows or without a baseline): a compiled row's to the compiled baseline row's.
+    `series` names each: "full", "full · fsdp×8" for 8 FSDP ranks, "full · compiled" for torch.compile.
     limit/offset page these entries; the ratios are computed over all of them first."""
     if not f.model:
         raise HTTPException(422, "compare needs ?model=<name>: ratios only make sense within one model")
     compared = results.compare(session, f, baseline)
-    compared.sort(key=lambda c: (c.row.mode, c.row.dtype, c.row.batch_size, c.row.method, c.row.world_size))
+    compared.sort(
+        key=lambda c: (c.row.mode, c.row.dtype, c.row.batch_size, c.row.method, c.row.compiled, c.row.world_size)
+    )
     return [
         {
             "model": c.row.model,
@@ -90,6 +97,7 @@ def compare(session: SessionDep, _: Reader, f: FilterDep, p: PageDep, baseline: 
             "method": c.row.method,
             "strategy": c.row.strategy,
             "world_size": c.row.world_size,
+            "compiled": c.row.compiled,
             "series": c.series,
             "peak_bytes": c.row.peak_bytes,
             "tokens_per_s": c.row.tokens_per_s,
