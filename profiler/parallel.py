@@ -78,9 +78,11 @@ def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def wrap(model: torch.nn.Module, spec: JobSpec, device: torch.device, mesh, traced: bool = False) -> torch.nn.Module:
-    """The model under the spec's strategy: fully_shard per block then the root, or DDP. `traced`:
-    DDP skips its start-up check and broadcast (C++ reading tensor data, which fake tensors lack;
-    their buffers are freed before training starts)."""
+    """The model under the spec's strategy: fully_shard per block then the root, or DDP. DDP skips
+    its start-up check and broadcast (init_sync=False): every rank builds the same model from the
+    same seed, so the broadcast changes nothing, and its flat copy of every parameter is let go by the
+    backend's worker thread when that thread gets to it (gloo once held it into a measured first step:
+    +1 parameter set). A trace could not run it anyway (C++ reads tensor data, which fake tensors lack)."""
     p = spec.parallel
     if p.strategy == "fsdp":
         _, _, _, MixedPrecisionPolicy, fully_shard = distributed()
@@ -97,12 +99,9 @@ def wrap(model: torch.nn.Module, spec: JobSpec, device: torch.device, mesh, trac
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    options = {"init_sync": False} if traced else {}
-    if traced and "init_sync" not in inspect.signature(DistributedDataParallel).parameters:
-        raise RuntimeError(
-            f"estimating DDP needs DistributedDataParallel(init_sync=...), which torch {torch.__version__} lacks"
-        )
-    ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **options)
+    if "init_sync" not in inspect.signature(DistributedDataParallel).parameters:
+        raise RuntimeError(f"DDP trials need DistributedDataParallel(init_sync=...), which torch {torch.__version__} lacks")
+    ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, init_sync=False)
     if traced:  # the fake group's all-reduce has no result; PyTorch's no-op hook reduces in place as it would
         from torch.distributed.algorithms.ddp_comm_hooks.debugging_hooks import noop_hook
 
