@@ -4,13 +4,14 @@ from the installed plotly package, so the pages work with no internet."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 import plotly
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BeforeValidator, Field
@@ -113,33 +114,35 @@ def job_page(request: Request, job_id: str, session: SessionDep, _: Reader) -> H
     )
 
 
+def compare_filter(
+    model: str | None = Query(None, description="the page: the first model with rows when omitted; the CSV: all"),
+    method: list[str] | None = Query(None),
+    dtype: str | None = None,
+    mode: str | None = None,
+    strategy: AnyStrategy = None,
+    world_size: AnyWorldSize = None,
+    compiled: AnyCompiled = None,
+) -> Filter:
+    """The compare page's selection, which its CSV export repeats (the page links it with its query)."""
+    return Filter(
+        model=model, methods=method, mode=mode, dtype=dtype, strategy=strategy, world_size=world_size, compiled=compiled
+    )
+
+
+CompareFilter = Annotated[Filter, Depends(compare_filter)]
+
+
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(
     request: Request,
     session: SessionDep,
     _: Reader,
-    model: str | None = None,
-    method: list[str] | None = Query(None),
-    dtype: str | None = None,
-    mode: str | None = None,
+    f: CompareFilter,
     baseline: str = "full",
     jobs: str | None = Query(None, description="comma-separated job ids to compare"),
-    strategy: AnyStrategy = None,
-    world_size: AnyWorldSize = None,
-    compiled: AnyCompiled = None,
 ) -> HTMLResponse:
-    models, model = _models(session, model)
-    job_ids = [j.strip() for j in (jobs or "").split(",")]
-    f = Filter(
-        model=model,
-        methods=method,
-        mode=mode,
-        dtype=dtype,
-        job_ids=job_ids,
-        strategy=strategy,
-        world_size=world_size,
-        compiled=compiled,
-    )
+    models, model = _models(session, f.model)
+    f = dataclasses.replace(f, model=model, job_ids=[j.strip() for j in (jobs or "").split(",")])
     compared = results.compare(session, f, baseline)
     rows = [c.row for c in compared]
     table = pivot.pivot(compared)
@@ -168,7 +171,7 @@ def compare_page(
                 }
             )
     by_mode = [TrialRow.model_validate(dict(r.data, method=f"{results.series(r)} [{r.mode}]")) for r in rows]
-    figure = memory_vs_batch(by_mode, None, mode or "mixed") if rows else None
+    figure = memory_vs_batch(by_mode, None, f.mode or "mixed") if rows else None
     return page(
         request,
         "compare.html",
@@ -180,13 +183,13 @@ def compare_page(
         baseline=baseline,
         figure=json.dumps(figure),
         filters={
-            "dtype": dtype,
-            "mode": mode,
+            "dtype": f.dtype,
+            "mode": f.mode,
             "jobs": jobs or "",
-            "method": method or [],
-            "strategy": strategy,
-            "world_size": world_size,
-            "compiled": compiled,
+            "method": list(f.methods),
+            "strategy": f.strategy,
+            "world_size": f.world_size,
+            "compiled": f.compiled,
         },
         methods=results.methods(session, model),
         export_query=request.url.query,
@@ -194,28 +197,8 @@ def compare_page(
 
 
 @router.get("/compare.csv")
-def compare_csv(
-    session: SessionDep,
-    _: Reader,
-    model: str | None = Query(None, description="all models when omitted"),
-    method: list[str] | None = Query(None),
-    dtype: str | None = None,
-    mode: str | None = None,
-    baseline: str = "full",
-    strategy: AnyStrategy = None,
-    world_size: AnyWorldSize = None,
-    compiled: AnyCompiled = None,
-) -> Response:
+def compare_csv(session: SessionDep, _: Reader, f: CompareFilter, baseline: str = "full") -> Response:
     """The pivot (model x series x batch, ratio to the baseline) as CSV."""
-    f = Filter(
-        model=model,
-        methods=method,
-        mode=mode,
-        dtype=dtype,
-        strategy=strategy,
-        world_size=world_size,
-        compiled=compiled,
-    )
     table = pivot.pivot(results.compare(session, f, baseline))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=pivot.CSV_COLUMNS)
