@@ -18,7 +18,7 @@ import torch
 
 from wtacrs.memory import SavedTensorCounter
 
-from .measure import Trial, cuda_allocator_stats
+from .measure import Trial, cuda_allocator_stats, first_step, steady_step
 
 # The backend `compile: true` uses. inductor is what users get from torch.compile; the environment
 # variable lets a test on a 2-core CPU use aot_eager (the same graphs, no kernel generation).
@@ -83,15 +83,11 @@ def measure_compiled_memory(trial: Trial, mode: str) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with torch.profiler.record_function("wtacrs::first_step"):
-        trial.forward_backward(saved)
+    first_step(trial, saved)
     out: dict = {"activation_bytes": int(saved.total)}
     if cuda:
         out["first_step_peak_bytes"] = int(torch.cuda.max_memory_allocated())
-    with torch.profiler.record_function("wtacrs::steady"):
-        trial.optimizer_step()
-        trial.forward_backward()
-        trial.optimizer_step()
+    steady_step(trial)
     if cuda:
         out.update(peak_bytes=int(torch.cuda.max_memory_allocated()), **cuda_allocator_stats())
     return out

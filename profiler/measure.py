@@ -227,6 +227,23 @@ class CPUAllocatorRecord:
         return max((total for t, total, _ in self.totals if lo <= t <= hi), default=baseline) - baseline
 
 
+FIRST_STEP, STEADY = "wtacrs::first_step", "wtacrs::steady"  # the ranges CPUAllocatorRecord.peak reads
+
+
+def first_step(trial: Trial, saved: SavedTensorCounter) -> None:
+    """Step 1, before the optimizer has state: `saved` counts the activations it keeps."""
+    with torch.profiler.record_function(FIRST_STEP):
+        trial.forward_backward(saved)
+
+
+def steady_step(trial: Trial) -> None:
+    """The optimizer's first step (its state is made), a step, and the optimizer again."""
+    with torch.profiler.record_function(STEADY):
+        trial.optimizer_step()
+        trial.forward_backward()
+        trial.optimizer_step()
+
+
 def measure_memory(
     trial: Trial, mode: str, tracker: StorageTracker | None = None, saved: SavedTensorCounter | None = None
 ) -> dict:
@@ -249,19 +266,12 @@ def measure_memory(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
 
-    def rest():
-        trial.optimizer_step()
-        trial.forward_backward()
-        trial.optimizer_step()
-
     with tracker.watch(trial.model, trial.optimizer):
         tracker.reset_peak()
-        with torch.profiler.record_function("wtacrs::first_step"):
-            trial.forward_backward(saved)
+        first_step(trial, saved)
         first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
         first_breakdown = tracker.peak_breakdown()
-        with torch.profiler.record_function("wtacrs::steady"):
-            rest()
+        steady_step(trial)
         peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
     out = {
         "peak_bytes": int(peak),

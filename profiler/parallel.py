@@ -100,7 +100,9 @@ def wrap(model: torch.nn.Module, spec: JobSpec, device: torch.device, mesh, trac
 
     ids = [device.index] if device.type == "cuda" else None
     if "init_sync" not in inspect.signature(DistributedDataParallel).parameters:
-        raise RuntimeError(f"DDP trials need DistributedDataParallel(init_sync=...), which torch {torch.__version__} lacks")
+        raise RuntimeError(
+            f"DDP trials need DistributedDataParallel(init_sync=...), which torch {torch.__version__} lacks"
+        )
     ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, init_sync=False)
     if traced:  # the fake group's all-reduce has no result; PyTorch's no-op hook reduces in place as it would
         from torch.distributed.algorithms.ddp_comm_hooks.debugging_hooks import noop_hook

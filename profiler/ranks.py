@@ -22,11 +22,9 @@ from contract.methods import Method, parse_method
 from contract.rows import TrialRow
 from contract.spec import JobSpec
 
-from .measure import CPUAllocatorRecord, build_trial, free_cached, measure_throughput, release
+from .measure import FIRST_STEP, STEADY, CPUAllocatorRecord, build_trial, free_cached, measure_throughput, release
 from .parallel import RankTracker, distributed, failure, sharded_trial
 from .trials import base_row
-
-STEP_RANGES = ("wtacrs::first_step", "wtacrs::steady")  # measure_memory's record_function ranges
 
 
 def measured_rows(spec: JobSpec, methods: list[Method], batch_size: int, throughput: bool = True) -> list[TrialRow]:
@@ -179,8 +177,8 @@ def _measure_rank(spec: JobSpec, method: Method, batch_size: int, device, mesh, 
             trial = build_trial(spec, method, batch_size, device)  # the same seed on every rank
             out = sharded_trial(spec, trial, device, mesh, tracker, spec.device)
         if record is not None:  # the allocator's count over the steps (wrapping's transient left out)
-            out["first_step_peak_bytes"] = record.peak(STEP_RANGES[0])
-            out["peak_bytes"] = max(record.peak(r) for r in STEP_RANGES)
+            out["first_step_peak_bytes"] = record.peak(FIRST_STEP)
+            out["peak_bytes"] = max(record.peak(r) for r in (FIRST_STEP, STEADY))
         if throughput and "throughput" in spec.measurements:
             out |= measure_throughput(trial, spec, batch_size * spec.seq_len, batch_size)
         return out

@@ -16,7 +16,15 @@ from .compiled import compile_step, compiled_graphs, measure_compiled_memory
 from .cuda_model import SM90
 from .environment import process_device_bytes
 from .maxbatch import search
-from .measure import CPUAllocatorRecord, build_trial, free_cached, measure_memory, measure_throughput, release
+from .measure import (
+    FIRST_STEP,
+    CPUAllocatorRecord,
+    build_trial,
+    free_cached,
+    measure_memory,
+    measure_throughput,
+    release,
+)
 
 GIB = 2**30
 FIDELITY_DRAWS = 8
@@ -106,7 +114,7 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
         if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
             # above what was allocated before the model was built; compiled, the measured steps'
             # peak (eager, the whole run's, which is the steps' too: building never holds more)
-            row["first_step_peak_bytes"] = context.peak("wtacrs::first_step", since=built)
+            row["first_step_peak_bytes"] = context.peak(FIRST_STEP, since=built)
             row["peak_bytes"] = context.peak(since=built)
         limit = memory_limit(spec)
         if spec.device == "estimate" and limit is not None:
