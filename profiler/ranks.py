@@ -175,6 +175,7 @@ def _measure_rank(spec: JobSpec, method: Method, batch_size: int, device, mesh, 
         tracker = RankTracker()
         with contextlib.nullcontext() if device.type == "cuda" else CPUAllocatorRecord() as record:
             trial = build_trial(spec, method, batch_size, device)  # the same seed on every rank
+            same_model_on_every_rank(trial.model, device)
             out = sharded_trial(spec, trial, device, mesh, tracker, spec.device)
         if record is not None:  # the allocator's count over the steps (wrapping's transient left out)
             out["first_step_peak_bytes"] = record.peak(FIRST_STEP)
@@ -184,6 +185,24 @@ def _measure_rank(spec: JobSpec, method: Method, batch_size: int, device, mesh, 
         return out
     finally:
         release(trial)
+
+
+def same_model_on_every_rank(model: torch.nn.Module, device: torch.device) -> None:
+    """Raise unless every rank built the same parameters: nothing else makes them equal (DDP skips
+    its start-up broadcast, FSDP shards each rank's own copy), and replicas that differ would train
+    and be measured as one model. A float64 sum per rank (equal tensors, equal sums), all-reduced."""
+    dist = distributed()[0]
+    with torch.no_grad():
+        total = sum(
+            (p.detach().sum(dtype=torch.float64) for p in model.parameters()), torch.zeros((), dtype=torch.float64)
+        )
+    extremes = torch.stack([total.to(device), -total.to(device)])
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+    if extremes[0].item() != -extremes[1].item():
+        raise RuntimeError(
+            f"the ranks built different models (parameter sums from {-extremes[1].item()!r} to "
+            f"{extremes[0].item()!r}): building it is not deterministic under one seed"
+        )
 
 
 def _main(folder: str, rank: int) -> None:

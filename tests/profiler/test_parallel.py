@@ -230,3 +230,46 @@ def test_cuda_ranks_with_nccl():
         spec(device="estimate", parallel={"strategy": "fsdp", "world_size": 2}), parse_method("full"), 4
     )
     assert e.peak_bytes == pytest.approx(row.peak_bytes, rel=0.05)
+
+
+def _rank_check(rank: int, port: int, seed: int, out) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from profiler.ranks import same_model_on_every_rank
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    try:
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+        same_model_on_every_rank(model, torch.device("cpu"))
+        out.put((rank, None))
+    except RuntimeError as err:
+        out.put((rank, str(err)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_ranks_that_built_different_models_are_refused(same):
+    """DDP skips its start-up broadcast and FSDP shards each rank's own copy: the measured ranks
+    check that one seed built one model everywhere, which is what makes the replicas one."""
+    import multiprocessing
+
+    from profiler.ranks import _free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    out, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_rank_check, args=(r, port, 0 if same or r == 0 else 1, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    if same:
+        assert results == {0: None, 1: None}
+    else:
+        assert all(e and e.startswith("the ranks built different models") for e in results.values()), results
