@@ -192,11 +192,8 @@ def same_model_on_every_rank(model: torch.nn.Module, device: torch.device) -> No
     its start-up broadcast, FSDP shards each rank's own copy), and replicas that differ would train
     and be measured as one model. A float64 sum per rank (equal tensors, equal sums), all-reduced."""
     dist = distributed()[0]
-    with torch.no_grad():
-        total = sum(
-            (p.detach().sum(dtype=torch.float64) for p in model.parameters()), torch.zeros((), dtype=torch.float64)
-        )
-    extremes = torch.stack([total.to(device), -total.to(device)])
+    total = sum((p.detach().sum(dtype=torch.float64) for p in model.parameters()), torch.zeros((), dtype=torch.float64))
+    extremes = torch.stack([total, -total]).to(device)
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
     if extremes[0].item() != -extremes[1].item():
         raise RuntimeError(
