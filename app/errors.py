@@ -1,9 +1,11 @@
 """Error responses: JSON for the API, an HTML page for the dashboards, and never the client's
-whole input echoed back (a 5 MB string in a bad field once came back as a 5 MB error body)."""
+whole input echoed back (a 5 MB string in a bad field once came back as a 5 MB error body), nor
+a NaN or Infinity it sent (JSON has neither: quoting one back made the 422 itself fail, a 500)."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,6 +30,8 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> Any:
         value = bytes(value[: limit * 4]).decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value if len(value) <= limit else value[:limit] + "…"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # "nan", "inf": JSON has no such number
     size = 0
     pieces = []
     try:
@@ -38,6 +42,17 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> Any:
                 return "".join(pieces)[:limit] + "…"
     except (TypeError, ValueError, RecursionError):  # an integer too long to print, a cycle
         return f"<{type(value).__name__}>"
+    return _quoted_non_finite(value)
+
+
+def _quoted_non_finite(value: Any) -> Any:
+    """A short input with its NaN and Infinity floats as strings (the encoder above wrote them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _quoted_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_quoted_non_finite(v) for v in value]
     return value
 
 

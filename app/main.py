@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import docs, errors
 from app.api.bodies import document_bodies
@@ -19,6 +20,46 @@ from app.limits import BodySizeLimit
 from app.web import routes as web
 
 ROOT = Path(__file__).resolve().parents[1]
+# What an HTML page of ours may load and run: scripts from this server only, so nothing a client
+# stored can run even where a page forgot to escape it (no inline script, no event-handler
+# attribute, no eval; dash.js starts each page from its markup). Inline styles stay allowed:
+# Plotly sets them on every element it draws and injects its own <style> rules. A page that needs
+# another policy sets its own (app.docs: /docs and /redoc) and keeps it.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """`PAGE_CSP` on every HTML response that has no policy of its own, and on every response
+    `nosniff` (a JSON body holding stored markup is never read as a page) and no referrer to
+    other sites. A plain ASGI middleware: it adds headers to the start message and nothing else."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                if b"referrer-policy" not in names:
+                    headers.append((b"referrer-policy", b"same-origin"))
+                html = any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+                if html and b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def migrate(db: Database) -> None:
@@ -60,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit=settings.max_body_bytes,
         larger=[(workers.RESULT_PATH, max(settings.max_result_bytes, settings.max_body_bytes))],
     )
+    app.add_middleware(SecurityHeaders)  # outermost: error pages get the policy too
     errors.install(app)
 
     @app.exception_handler(OperationalError)

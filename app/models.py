@@ -31,7 +31,9 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     status: Mapped[JobStatus] = mapped_column(STATUS, index=True, default=JobStatus.queued)
     spec: Mapped[dict] = mapped_column(JSON)
+    # the model's identity (contract/identity.py): a preset, or a family with its overrides' hash
     model: Mapped[str] = mapped_column(String(64), index=True)
+    model_label: Mapped[str | None] = mapped_column(String(160), nullable=True)  # what pages print (0005)
     device: Mapped[str] = mapped_column(String(16))
     dtype: Mapped[str] = mapped_column(String(16))  # "bf16-weights" is 12 (migration 0002)
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -73,7 +75,8 @@ class ResultRow(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    model: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))  # the job's model key
+    model_label: Mapped[str | None] = mapped_column(String(160), nullable=True)  # the job's label (0005)
     method: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int] = mapped_column(Integer)
     mode: Mapped[str] = mapped_column(String(16))

@@ -1,17 +1,27 @@
 """API schemas, split as Create / Public / List. The job spec and the result rows are the
 contract's models (`contract/`), the same ones the profiler builds and the worker posts.
-Request bodies are Strict: an unknown key is an error, all of them named in one message."""
+Request bodies are Strict: an unknown key is an error, all of them named in one message; and a
+NaN or Infinity is an error in any of their floats (JSON has neither)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.timestamps import UTCDateTime
 from contract.results import JobResult, JobRows, JobStatus
+from contract.rows import clip
 from contract.spec import MAX_CPU_RANKS, JobSpec, Strict
 
+FAILURE_CHARS = 20_000  # of a failed attempt's error
 
-class JobCreate(Strict):
+
+class Body(Strict):
+    """A request body: unknown keys and non-finite numbers are errors."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class JobCreate(Body):
     spec: JobSpec
     priority: int = Field(0, ge=-100, le=100)
 
@@ -20,7 +30,8 @@ class JobSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     status: JobStatus
-    model: str
+    model: str = Field(description="the model's identity: a preset, or `family~hash` of a family with overrides")
+    model_label: str | None = Field(None, description="the model as pages name it, e.g. `bert (hidden 256, 4 layers)`")
     device: str
     dtype: str
     priority: int
@@ -62,7 +73,7 @@ class EventPublic(BaseModel):
     detail: str | None
 
 
-class TokenCreate(Strict):
+class TokenCreate(Body):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     role: str = Field(pattern=r"^(submit|worker|read)$", description="submit | worker | read")
 
@@ -73,7 +84,7 @@ class TokenPublic(BaseModel):
     token: str | None = None  # only in the response that created it
 
 
-class WorkerCapabilities(Strict):
+class WorkerCapabilities(Body):
     """What a worker can run (app/queue/placement.py has the rule)."""
 
     gpus: int = Field(0, ge=0, le=1024, description="CUDA GPUs it can give one job; a cuda job needs its world_size")
@@ -88,7 +99,7 @@ class WorkerCapabilities(Strict):
     )
 
 
-class WorkerRegister(Strict):
+class WorkerRegister(Body):
     name: str = Field(min_length=1, max_length=128)
     device_name: str | None = Field(None, max_length=128)
     device_memory_bytes: int | None = Field(None, ge=0, le=2**62)
@@ -97,7 +108,7 @@ class WorkerRegister(Strict):
     )
 
 
-class ClaimRequest(Strict):
+class ClaimRequest(Body):
     """The claim's optional body; a worker sending none keeps what it registered with."""
 
     capabilities: WorkerCapabilities | None = None
@@ -122,7 +133,7 @@ class Claimed(BaseModel):
     lease_seconds: float
 
 
-class Heartbeat(Strict):
+class Heartbeat(Body):
     attempt: int = Field(ge=1, le=1_000_000)
     progress: float | None = Field(None, ge=0, le=1)
     message: str | None = Field(None, max_length=500)
@@ -148,13 +159,20 @@ class PostedResult(JobRows):
 _JOB_ONLY = JobResult.model_fields.keys() - JobRows.model_fields.keys()
 
 
-class AttemptResult(Strict):
+class AttemptResult(Body):
     attempt: int = Field(ge=1, le=1_000_000)
     result: PostedResult
 
 
-class AttemptFailure(Strict):
+class AttemptFailure(Body):
     attempt: int = Field(ge=1, le=1_000_000)
-    error: str = Field(max_length=20000)
+    error: str = Field(description=f"kept up to {FAILURE_CHARS} characters, then cut with a marker")
     retryable: bool = Field(description="infrastructure errors are retried; a bad spec is final")
     cancelled: bool = False
+
+    @field_validator("error")
+    @classmethod
+    def _cut(cls, v: str) -> str:
+        # a worker's failure is reported however long its message: refusing it would leave the job
+        # running until its lease ran out
+        return clip(v.replace("\x00", "\ufffd"), FAILURE_CHARS)

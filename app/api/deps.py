@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -59,7 +60,17 @@ def _lookup_token(db, token: str) -> tuple[str, str, bool] | None:
         return conn.execute(query).first()
 
 
-async def get_principal(request: Request, settings: SettingsDep) -> Principal:
+# Declares bearer auth in the OpenAPI schema (so /docs has an Authorize button and "Try it out"
+# sends the token); it decides nothing: with auto_error=False it never refuses, and get_principal
+# reads the header itself, so a missing, malformed or unknown token is answered as before.
+bearer = HTTPBearer(auto_error=False, description="a token from /api/tokens, or WTACRS_ADMIN_TOKEN")
+
+
+async def get_principal(
+    request: Request,
+    settings: SettingsDep,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+) -> Principal:
     header = request.headers.get("authorization")
     if not header:
         return Principal("anonymous", "anonymous")
@@ -84,17 +95,21 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def require(*roles: str):
+    """A dependency that lets through the admin token and tokens with one of `roles` (none: the
+    admin token only); its errors name the role needed."""
+    needed = " or ".join(roles + ("admin",)) if roles else "admin (WTACRS_ADMIN_TOKEN)"
+
     async def check(principal: PrincipalDep) -> Principal:
         if principal.role == "admin" or principal.role in roles:
             return principal
         if principal.role == "anonymous":
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
-                f"this needs a token with role {' or '.join(roles)}",
+                f"this needs a token with role {needed}",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"role '{principal.role}' may not do this; needs {' or '.join(roles)}"
+            status.HTTP_403_FORBIDDEN, f"role '{principal.role}' may not do this; it needs a token with role {needed}"
         )
 
     return check

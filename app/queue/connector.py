@@ -92,15 +92,25 @@ class Connector(Protocol):
         """Renew the lease (and record progress) of a held job; LeaseLost otherwise."""
 
     def finish(
-        self, job_id: str, status: JobStatus, actor: str, attempt: int, now: dt.datetime, detail: str | None = None
-    ) -> None:
-        """A final status, lease released; a failed job keeps `detail` as its error."""
+        self,
+        job_id: str,
+        status: JobStatus,
+        actor: str,
+        attempt: int,
+        now: dt.datetime,
+        detail: str | None = None,
+        only_from: JobStatus | None = None,
+    ) -> bool:
+        """A final status, lease released; a failed job keeps `detail` as its error. With
+        `only_from`, only a job still in that status moves, checked and moved in one step: True
+        when it moved, and the event is written only then (so two racing cancels write one)."""
 
     def retry(self, job_id: str, actor: str, attempt: int, detail: str) -> None:
         """Back to the queue, lease released, a `retry` event; attempts are kept."""
 
-    def request_cancel(self, job_id: str, actor: str) -> None:
-        """Flag a running job so its worker stops at its next heartbeat."""
+    def request_cancel(self, job_id: str, actor: str) -> bool:
+        """Flag a running job so its worker stops at its next heartbeat, in one step: True when
+        this call flagged it (its event written), False when it is not running or already flagged."""
 
     def reap(self, now: dt.datetime) -> list[JobState]:
         """Running jobs whose lease ran out before `now`: back to the queue with a `lease_expired`

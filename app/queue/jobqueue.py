@@ -114,18 +114,21 @@ class JobQueue:
             self.connector.finish(job_id, JobStatus.cancelled, worker_id, attempt, self.clock(), detail)
         return JobStatus.cancelled
 
-    def cancel(self, job_id: str, actor: str) -> JobState | None:
-        """None when there is no such job; a finished job is left as it is."""
+    def cancel(self, job_id: str, actor: str) -> tuple[JobState | None, bool]:
+        """(the job as it is now, whether this call changed it): a queued job is cancelled, a running
+        one flagged for its worker to stop. Each is one conditional step, so of many concurrent
+        cancels one changes the job and writes the event; the others change nothing (a finished job,
+        or a running one already flagged, is left as it is). (None, False) when there is no such job."""
         with self.connector.transaction():
-            job = self.connector.get(job_id, for_update=True)
+            job = self.connector.get(job_id)
             if job is None or job.status in FINAL:
-                return job
-            if job.status == JobStatus.queued:
-                detail = "cancelled before it ran"
-                self.connector.finish(job_id, JobStatus.cancelled, actor, job.attempts, self.clock(), detail)
-            else:
-                self.connector.request_cancel(job_id, actor)
-            return self.connector.get(job_id)
+                return job, False
+            detail = "cancelled before it ran"
+            now = self.clock()
+            changed = self.connector.finish(
+                job_id, JobStatus.cancelled, actor, job.attempts, now, detail, only_from=JobStatus.queued
+            ) or self.connector.request_cancel(job_id, actor)  # claimed meanwhile: running now
+            return self.connector.get(job_id), changed
 
 
 def _first_lines(errors: list[str]) -> str | None:

@@ -142,14 +142,24 @@ class InMemoryConnector:
             return job.state()
 
     def finish(
-        self, job_id: str, status: JobStatus, actor: str, attempt: int, now: dt.datetime, detail: str | None = None
-    ) -> None:
+        self,
+        job_id: str,
+        status: JobStatus,
+        actor: str,
+        attempt: int,
+        now: dt.datetime,
+        detail: str | None = None,
+        only_from: JobStatus | None = None,
+    ) -> bool:
         with self._lock:
-            job = self._jobs[job_id]
+            job = self._jobs.get(job_id)
+            if job is None or (only_from is not None and job.status != only_from):
+                return False
             job.status, job.finished_at, job.lease_owner, job.lease_expires_at = status, now, None, None
             if status == JobStatus.failed:
                 job.error = detail
             self.record(job_id, status.value, actor, attempt, detail)
+            return True
 
     def retry(self, job_id: str, actor: str, attempt: int, detail: str) -> None:
         with self._lock:
@@ -157,11 +167,14 @@ class InMemoryConnector:
             job.status, job.lease_owner, job.lease_expires_at = JobStatus.queued, None, None
             self.record(job_id, "retry", actor, attempt, detail)
 
-    def request_cancel(self, job_id: str, actor: str) -> None:
+    def request_cancel(self, job_id: str, actor: str) -> bool:
         with self._lock:
-            job = self._jobs[job_id]
+            job = self._jobs.get(job_id)
+            if job is None or job.status != JobStatus.running or job.cancel_requested:
+                return False
             job.cancel_requested = True
             self.record(job_id, "cancel_requested", actor, job.attempts)
+            return True
 
     def reap(self, now: dt.datetime) -> list[JobState]:
         with self._lock:

@@ -151,15 +151,26 @@ class SqlConnector:
         return state(job)
 
     def finish(
-        self, job_id: str, status: JobStatus, actor: str, attempt: int, now: dt.datetime, detail: str | None = None
-    ) -> None:
+        self,
+        job_id: str,
+        status: JobStatus,
+        actor: str,
+        attempt: int,
+        now: dt.datetime,
+        detail: str | None = None,
+        only_from: JobStatus | None = None,
+    ) -> bool:
         error = {"error": detail} if status == JobStatus.failed else {}
-        self.session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(status=status, finished_at=now, lease_owner=None, lease_expires_at=None, **error)
-        )
+        stmt = update(Job).where(Job.id == job_id)
+        if only_from is not None:  # the check and the move are one statement: a racing caller moves nothing
+            stmt = stmt.where(Job.status == only_from)
+        moved = self.session.execute(
+            stmt.values(status=status, finished_at=now, lease_owner=None, lease_expires_at=None, **error)
+        ).rowcount
+        if only_from is not None and not moved:
+            return False
         self.record(job_id, status.value, actor, attempt, detail)
+        return True
 
     def retry(self, job_id: str, actor: str, attempt: int, detail: str) -> None:
         self.session.execute(
@@ -167,10 +178,17 @@ class SqlConnector:
         )
         self.record(job_id, "retry", actor, attempt, detail)
 
-    def request_cancel(self, job_id: str, actor: str) -> None:
-        job = self.session.get(Job, job_id)
-        job.cancel_requested = True
-        self.record(job_id, "cancel_requested", actor, job.attempts)
+    def request_cancel(self, job_id: str, actor: str) -> bool:
+        flagged = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running, Job.cancel_requested.is_(False))
+            .values(cancel_requested=True)
+            .returning(Job.attempts)
+        ).first()
+        if flagged is None:
+            return False
+        self.record(job_id, "cancel_requested", actor, flagged.attempts)
+        return True
 
     def reap(self, now: dt.datetime) -> list[JobState]:
         expired = self.session.execute(

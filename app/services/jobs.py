@@ -17,7 +17,7 @@ from app.schemas import JobPublic, JobSummary
 from app.services import workers
 from app.services.filters import Filter, Page
 from app.services.results import outcome_fields
-from contract.results import JobStatus
+from contract.results import FINAL, JobStatus
 from contract.spec import JobSpec
 
 UNFINISHED = (JobStatus.queued, JobStatus.running)
@@ -63,7 +63,8 @@ def create(
         priority=priority,
         max_attempts=max_attempts,
         gpus_needed=gpus_needed(spec),
-        model=spec.model_name,
+        model=spec.model_key,
+        model_label=spec.model_label,
         device=spec.device,
         dtype=spec.dtype,
         submitted_by=who,
@@ -88,8 +89,10 @@ def listed(session: Session, f: Filter, page: Page) -> list[Job]:
     return list(session.execute(query.limit(page.limit).offset(page.offset)).scalars())
 
 
-def models(session: Session) -> list[str]:
-    return sorted(session.execute(select(Job.model).distinct()).scalars())
+def models(session: Session) -> dict[str, str]:
+    """Model key -> what pages print for it (contract/identity.py), for every model with jobs."""
+    pairs = session.execute(select(Job.model, Job.model_label).distinct()).all()
+    return {k: label or k for k, label in sorted(pairs)}
 
 
 def events(session: Session, job_id: str) -> list[JobEvent]:
@@ -97,17 +100,44 @@ def events(session: Session, job_id: str) -> list[JobEvent]:
     return list(session.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).scalars())
 
 
-def cancel(session: Session, queue: JobQueue, job_id: str, who: str) -> Job:
-    """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat."""
-    get_or_404(session, job_id)
-    queue.cancel(job_id, who)
+def check_owner(job: Job, who: str, admin: bool, action: str) -> None:
+    """403 unless `who` submitted the job or is an admin: a submit token acts on its own jobs only."""
+    if not admin and job.submitted_by != who:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"job {job.id} was submitted by another token; a submit token may {action} only its own jobs "
+            f"(an admin token may {action} any)",
+        )
+
+
+def cancel(session: Session, queue: JobQueue, job_id: str, who: str, admin: bool = False) -> Job:
+    """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat. Once
+    however many cancels arrive (one event); 409 for a job that already finished."""
+    check_owner(get_or_404(session, job_id), who, admin, "cancel")
+    state, changed = queue.cancel(job_id, who)
+    if state is None:  # deleted meanwhile
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+    if state.status in FINAL and not changed:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job_id} already {state.status}; there is nothing to cancel"
+        )
     session.flush()
     return session.get(Job, job_id, populate_existing=True)
 
 
-def rerun(session: Session, queue: JobQueue, job_id: str, who: str, max_attempts: int, quota: int = 0) -> Job:
-    """A new job with the old one's spec and priority, checked against today's bounds."""
+def rerun(
+    session: Session,
+    queue: JobQueue,
+    job_id: str,
+    who: str,
+    max_attempts: int,
+    quota: int = 0,
+    admin: bool = False,
+) -> Job:
+    """A new job with the old one's spec and priority (above the default only for an admin, who
+    alone may set it so), checked against today's bounds. A submit token re-runs its own jobs."""
     old = get_or_404(session, job_id)
+    check_owner(old, who, admin, "re-run")
     try:
         spec = JobSpec.model_validate(old.spec)
     except ValidationError as err:  # stored before a bound it breaks was added
@@ -116,7 +146,8 @@ def rerun(session: Session, queue: JobQueue, job_id: str, who: str, max_attempts
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"job {job_id}'s spec is no longer valid ({problems}); submit a new one",
         ) from None
-    job = create(session, queue, spec, who, old.priority, max_attempts, quota)
+    priority = old.priority if admin else min(old.priority, 0)
+    job = create(session, queue, spec, who, priority, max_attempts, quota)
     queue.record(job.id, "rerun_of", who, detail=old.id)
     return job
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.models import Job, ResultRow
 from app.services.filters import Filter, Page
@@ -44,6 +44,7 @@ COLUMNS = (
     "strategy",  # last, so a CSV read by position before they existed still reads the same
     "world_size",
     "compiled",  # after them for the same reason
+    "model_label",  # what pages print for `model` (0005)
 )
 
 
@@ -62,6 +63,7 @@ def save(session: Session, job_id: str, result: JobRows) -> None:
             ResultRow(
                 job_id=job.id,
                 model=job.model,
+                model_label=job.model_label,
                 method=row.method,
                 batch_size=row.batch_size,
                 mode=row.mode,
@@ -126,13 +128,19 @@ def rows_json(conn: Connection, f: Filter, page: Page) -> str:
     return conn.exec_driver_sql(sql, {**params, "limit": page.limit, "offset": page.offset}).scalar_one()
 
 
-def models(session: Session) -> list[str]:
-    """Models that have results."""
-    return sorted(session.execute(select(ResultRow.model).distinct()).scalars())
+def models(session: Session) -> dict[str, str]:
+    """Model key -> what pages print for it (contract/identity.py), for every model with results."""
+    pairs = session.execute(select(ResultRow.model, ResultRow.model_label).distinct()).all()
+    return {k: label or k for k, label in sorted(pairs)}
 
 
 def methods(session: Session, model: str | None) -> list[str]:
     return sorted(session.execute(select(ResultRow.method).where(ResultRow.model == model).distinct()).scalars())
+
+
+# Pages that list or compare rows read the columns they draw: the stored row (`data`, whatever a
+# worker sent) is never loaded with them, and touching it raises instead of loading it row by row.
+_NO_BLOB = defer(ResultRow.data, raiseload=True)
 
 
 def largest_batch_rows(session: Session, f: Filter, metric: str, batch_size: int | None = None) -> list[ResultRow]:
@@ -149,6 +157,7 @@ def largest_batch_rows(session: Session, f: Filter, metric: str, batch_size: int
     )
     on = (ResultRow.job_id == largest.c.job_id) & (ResultRow.method == largest.c.method)
     stmt = select(ResultRow).join(largest, on & (ResultRow.batch_size == largest.c.batch)).where(*where)
+    stmt = stmt.options(_NO_BLOB)
     return list(session.execute(stmt.order_by(ResultRow.created_at, ResultRow.id)).scalars())
 
 
@@ -196,7 +205,16 @@ def latest(session: Session, f: Filter) -> list[ResultRow]:
     """The latest row per (model, mode, dtype, strategy, world_size, compiled, method, batch) among
     those `f` selects."""
     newest = select(func.max(ResultRow.id)).where(*f.rows_where()).group_by(*KEY)
-    return list(session.execute(select(ResultRow).where(ResultRow.id.in_(newest))).scalars())
+    return list(session.execute(select(ResultRow).where(ResultRow.id.in_(newest)).options(_NO_BLOB)).scalars())
+
+
+def breakdowns(session: Session, ids: list[int]) -> dict[int, dict]:
+    """Row id -> its memory breakdown (bytes by category) where it has one: the one part of the
+    stored rows the compare page draws beyond the columns, read from the JSON in the database."""
+    if not ids:
+        return {}
+    stmt = select(ResultRow.id, ResultRow.data["breakdown"]).where(ResultRow.id.in_(ids))
+    return {i: b for i, b in session.execute(stmt) if isinstance(b, dict)}
 
 
 def _ratio(numerator, denominator) -> float | None:

@@ -8,6 +8,7 @@ point left out of a line cannot say on its own."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 
 from contract.rows import CATEGORIES
@@ -42,6 +43,44 @@ METRICS = {  # history columns: what they are called in words, and the unit of a
     "activation_bytes": ("activation memory", None),
     "tokens_per_s": ("throughput", "tokens/s"),
 }
+
+
+# Plotly reads a subset of HTML in every text it draws (<b>, <i>, <br>, <a href>, <span style>)
+# and decodes entities: a method, layer or module name from a client is escaped before it reaches a
+# figure, so it shows as the characters it is. The templates are ours and keep their <br>; what they
+# substitute (%{text}, %{x}) is escaped data, decoded back to plain characters when drawn.
+_PLOTLY_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_TEMPLATE_KEYS = frozenset({"hovertemplate", "texttemplate"})
+
+
+def plotly_text(value: str) -> str:
+    """`value` as Plotly text that draws exactly those characters (no markup, no link)."""
+    return value.translate(_PLOTLY_ESCAPES)
+
+
+def escape_figure(node, key: str | None = None):
+    """Every string of a figure's data and layout escaped for Plotly, but our hover templates: names,
+    legend entries, category values (tick labels), hover text and annotations alike, so no builder
+    has to remember which of its strings came from a client. A figure's `table` is drawn with
+    textContent and stays as it is."""
+    if isinstance(node, str):
+        return node if key in _TEMPLATE_KEYS else plotly_text(node)
+    if isinstance(node, dict):
+        return {k: (v if k == "table" and key is None else escape_figure(v, k)) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [escape_figure(v, key) for v in node]
+    return node
+
+
+def plotly_safe(build):
+    """Decorates a figure builder: the figure it returns (or None) goes out through `escape_figure`."""
+
+    @functools.wraps(build)
+    def safe(*args, **kwargs):
+        figure = build(*args, **kwargs)
+        return None if figure is None else escape_figure(figure)
+
+    return safe
 
 
 def memory_unit(largest: float) -> tuple[str, int]:
@@ -152,6 +191,7 @@ def _time_range(stamps: list[str]) -> list[str] | None:
     return [(low - pad).isoformat(sep=" "), (high + pad).isoformat(sep=" ")]
 
 
+@plotly_safe
 def history(points: list[dict], metric: str) -> dict:
     """`metric` is the column, then the unit the values arrive in where it is not the column's own
     ("peak_bytes GiB"); memory is shown in the unit its largest value reads best in."""

@@ -6,9 +6,10 @@ import itertools
 
 from contract.rows import ConvergenceRow
 
-from .charts import _accuracy_range, _axis, _layout, _line, _memory_axis, _styles, memory_unit
+from .charts import _accuracy_range, _axis, _layout, _line, _memory_axis, _styles, memory_unit, plotly_safe
 
 
+@plotly_safe
 def loss_curves(rows: list[ConvergenceRow], window: int = 10) -> dict:
     """Training loss per method on one pair of axes (a trailing mean over `window` steps: per-step
     losses of small batches are mostly batch noise), plus the held-out loss at each epoch end."""
@@ -36,6 +37,7 @@ def loss_curves(rows: list[ConvergenceRow], window: int = 10) -> dict:
     return {"data": data, "layout": layout}
 
 
+@plotly_safe
 def accuracy_vs_memory(rows: list[ConvergenceRow]) -> dict:
     styles = _styles(r.method for r in rows)
     unit, size = memory_unit(max((r.peak_bytes for r in rows), default=0))

@@ -24,6 +24,7 @@ def error_page(
   <meta charset="utf-8">
   <title>{status_code} {escape(phrase)} · WTA-CRS profiler</title>
   <link rel="stylesheet" href="/static/style.css">
+  <link rel="icon" href="/favicon.svg" type="image/svg+xml">
 </head>
 <body>
 <nav><strong>WTA-CRS profiler</strong>

@@ -22,6 +22,7 @@ from .charts import (
     _styles,
     memory_text,
     memory_unit,
+    plotly_safe,
 )
 from .convergence_charts import accuracy_vs_memory, loss_curves
 from .parallel_charts import parallel_label, per_rank
@@ -34,6 +35,7 @@ def _by_method(rows: list[TrialRow]) -> dict[str, list[TrialRow]]:
     return out
 
 
+@plotly_safe
 def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str, parallel: str | None = None) -> dict:
     styles = _styles(r.method for r in rows)
     unit, size = memory_unit(max([r.peak_bytes or 0 for r in rows] + [device_bytes or 0]))
@@ -78,6 +80,7 @@ def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str,
     }
 
 
+@plotly_safe
 def max_batch_bars(max_batch: list[MaxBatchRow], parallel: str | None = None) -> dict:
     """`parallel` ('fsdp×8'): the batches are per-rank micro-batches of that many ranks, and say so."""
     base = next((m.max_batch_size for m in max_batch if m.method == "full"), None)
@@ -101,6 +104,7 @@ def max_batch_bars(max_batch: list[MaxBatchRow], parallel: str | None = None) ->
     return {"data": [bar], "layout": _layout(title, _axis("method"), count, showlegend=False)}
 
 
+@plotly_safe
 def throughput(rows: list[TrialRow]) -> dict:
     styles = _styles(r.method for r in rows)
     data = []
@@ -117,6 +121,7 @@ def throughput(rows: list[TrialRow]) -> dict:
     }
 
 
+@plotly_safe
 def breakdown(rows: list[TrialRow]) -> dict:
     """Horizontal stacked bars per method at the largest batch every method ran without OOM, the
     activations labelled at each bar's end, and every category's value in the companion table."""
@@ -214,6 +219,7 @@ def _fidelity_summary(method: str, rows: list[FidelityRow]) -> list[str]:
     return [method, str(rows[0].batch_size), layers, *map(_digits, stats)]
 
 
+@plotly_safe
 def fidelity(rows: list[FidelityRow]) -> dict:
     """Relative error of the sampled weight gradient per layer; layers where it is undefined are gaps
     in the line, named in the legend and the table, never points at 0."""
@@ -247,6 +253,7 @@ def fidelity(rows: list[FidelityRow]) -> dict:
     }
 
 
+@plotly_safe
 def frontier(rows: list[TrialRow]) -> dict | None:
     """Peak memory against tokens/s, every (method, batch) measured: the points no other beats on
     both axes are joined, so a user sees which method and batch to pick."""
@@ -296,6 +303,7 @@ def _group_label(path: str) -> str:
     return path or "(model)"
 
 
+@plotly_safe
 def attribution(rows: list[AttributionRow], top: int = 15) -> dict | None:
     """Saved activations by module (layer indices folded, so 'encoder.block.*.layer.0.SelfAttention'
     sums every encoder layer's), the largest first, a bar per method."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contract.rows import TrialRow
 
-from .charts import _axis, _layout, _memory_axis, _styles, memory_text, memory_unit
+from .charts import _axis, _layout, _memory_axis, _styles, memory_text, memory_unit, plotly_safe
 
 
 def parallel_label(spec: dict) -> str | None:
@@ -34,6 +34,7 @@ def _ranks(row: TrialRow) -> list[tuple[int, int | None, float | None]]:
     return [(row.rank or 0, row.peak_bytes, row.step_time_s)]
 
 
+@plotly_safe
 def per_rank(rows: list[TrialRow], spec: dict) -> dict | None:
     """Peak memory of each rank, a bar per method at each rank, at one batch size; None for a job on
     one device. An estimate traces rank 0 only (it holds the largest shard), so it has one bar per

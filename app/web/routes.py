@@ -3,10 +3,9 @@ from the installed plotly package, so the pages work with no internet."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,9 +13,12 @@ import plotly
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from pydantic import BeforeValidator, Field
 
 from app.api.deps import Reader, SessionDep
+from app.csv_export import csv_response
+from app.finite import finite
 from app.services import jobs as job_service
 from app.services import results
 from app.services.filters import Filter, Page
@@ -30,6 +32,20 @@ from contract.rows import TrialRow
 HERE = Path(__file__).parent
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 templates = Jinja2Templates(directory=HERE / "templates")
+_JSON_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def page_json(value) -> Markup:
+    """`value` as JSON for a `<script type="application/json">` block that dash.js reads with
+    JSON.parse: no `<`, `>` or `&` left in it (each is its \\u escape, which JSON.parse reads
+    back), so no stored string can close the block or open another element. A legacy NaN is null:
+    JSON.parse refuses Python's NaN."""
+    return Markup(json.dumps(finite(value), allow_nan=False).translate(_JSON_ESCAPES))
+
+
+templates.env.filters["page_json"] = page_json
 router = APIRouter(include_in_schema=False)
 GIB = 2**30
 _EXAMPLE = HERE.parents[1] / "examples" / "minimal.json"
@@ -49,18 +65,27 @@ def plotly_js() -> FileResponse:
     return FileResponse(PLOTLY_JS, media_type="application/javascript", headers={"Cache-Control": "max-age=86400"})
 
 
+@router.get("/favicon.ico")
+@router.get("/favicon.svg")
+def favicon() -> FileResponse:
+    """The site's icon (browsers ask /favicon.ico of every page that names none, and got a 404)."""
+    return FileResponse(
+        HERE / "static" / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+    )
+
+
 @router.get("/static/{name}")
 def static(name: str) -> FileResponse:
     path = HERE / "static" / name
-    if name not in {"dash.js", "style.css"} or not path.exists():
+    if name not in {"dash.js", "style.css", "favicon.svg"} or not path.exists():
         raise HTTPException(404, f"no static file {name!r}")
     return FileResponse(path)
 
 
-def _models(session, chosen: str | None) -> tuple[list[str], str | None]:
-    """Models that have results, and the one to show (the chosen one, else the first)."""
+def _models(session, chosen: str | None) -> tuple[dict[str, str], str | None]:
+    """Models that have results (key -> label), and the one to show (the chosen one, else the first)."""
     models = results.models(session)
-    return models, chosen or (models[0] if models else None)
+    return models, chosen or next(iter(models), None)
 
 
 def page(request: Request, template: str, **context) -> HTMLResponse:
@@ -105,7 +130,7 @@ def job_page(request: Request, job_id: str, session: SessionDep, _: Reader) -> H
         request,
         "job.html",
         job=job,
-        figures=json.dumps(figures),
+        figures=figures,
         panels=list(JOB_CHARTS),
         wide=WIDE_CHARTS,
         parallel=parallel_label(job.spec),
@@ -132,6 +157,12 @@ def compare_filter(
 CompareFilter = Annotated[Filter, Depends(compare_filter)]
 
 
+def _bytes(breakdown: dict | None, category: str) -> float:
+    """One category of a stored breakdown; 0 where it is missing or not a number."""
+    value = (breakdown or {}).get(category, 0)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else 0
+
+
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(
     request: Request,
@@ -151,26 +182,41 @@ def compare_page(
         {"mode": k[1], "dtype": k[2], "series": k[3], "cells": [cells.get(b) for b in batches]}
         for k, cells in table.items()
     ]
-    reconcile = []  # where a spec ran both estimated and measured: the estimate's error per category
+    pairs = []  # where a spec ran both estimated and measured: (key, batch, measured cell, estimated cell)
     for key, cells in table.items():
         if key[1] == "estimate":
             continue
         estimated = table.get((key[0], "estimate", key[2], key[3]), {})
         for b, cell in cells.items():
             est = estimated.get(b)
-            if est is None or not cell.row.peak_bytes or not est.row.peak_bytes:
-                continue
-            mb, eb = cell.row.data.get("breakdown") or {}, est.row.data.get("breakdown") or {}
-            reconcile.append(
-                {
-                    "method": key[3],
-                    "batch": b,
-                    "measured": key[1],
-                    "peak_error": est.row.peak_bytes / cell.row.peak_bytes - 1,
-                    "categories": {c: (eb.get(c, 0) - mb.get(c, 0)) / GIB for c in charts.CATEGORIES},
-                }
-            )
-    by_mode = [TrialRow.model_validate(dict(r.data, method=f"{results.series(r)} [{r.mode}]")) for r in rows]
+            if est is not None and cell.row.peak_bytes and est.row.peak_bytes:
+                pairs.append((key, b, cell, est))
+    # the breakdowns of those rows only, out of the stored JSON; every other number is a column
+    parts = results.breakdowns(session, [c.row.id for _, _, *cs in pairs for c in cs])
+    reconcile = [  # the estimate's error per category
+        {
+            "method": key[3],
+            "batch": b,
+            "measured": key[1],
+            "peak_error": est.row.peak_bytes / cell.row.peak_bytes - 1,
+            "categories": {
+                c: (_bytes(parts.get(est.row.id), c) - _bytes(parts.get(cell.row.id), c)) / GIB
+                for c in charts.CATEGORIES
+            },
+        }
+        for key, b, cell, est in pairs
+    ]
+    # the chart's points from the columns (no stored row is read or validated again)
+    by_mode = [
+        TrialRow.model_construct(
+            method=f"{results.series(r)} [{r.mode}]",
+            batch_size=r.batch_size,
+            mode=r.mode,
+            peak_bytes=r.peak_bytes,
+            oom=r.oom,
+        )
+        for r in rows
+    ]
     figure = memory_vs_batch(by_mode, None, f.mode or "mixed") if rows else None
     return page(
         request,
@@ -181,7 +227,7 @@ def compare_page(
         table=lines,
         reconcile=reconcile,
         baseline=baseline,
-        figure=json.dumps(figure),
+        figure=figure,
         filters={
             "dtype": f.dtype,
             "mode": f.mode,
@@ -200,13 +246,7 @@ def compare_page(
 def compare_csv(session: SessionDep, _: Reader, f: CompareFilter, baseline: str = "full") -> Response:
     """The pivot (model x series x batch, ratio to the baseline) as CSV."""
     table = pivot.pivot(results.compare(session, f, baseline))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=pivot.CSV_COLUMNS)
-    writer.writeheader()
-    writer.writerows(pivot.csv_rows(table, baseline))
-    return Response(
-        buf.getvalue(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="pivot.csv"'}
-    )
+    return csv_response(pivot.csv_rows(table, baseline), pivot.CSV_COLUMNS, "pivot.csv")
 
 
 @router.get("/history", response_class=HTMLResponse)
@@ -242,6 +282,6 @@ def history_page(
         metric=metric,
         metrics=sorted(METRICS),
         batch_size=batch_size,
-        figure=json.dumps(figure),
+        figure=figure,
         count=len(points),
     )

@@ -160,7 +160,12 @@ def test_compiled_and_eager_runs_of_a_method_are_separate_series(client):
         (compiled, "full", True),
         (compiled, "wtacrs@0.3", True),
     ]
-    assert list(rows[0]) == list(COLUMNS) and list(COLUMNS)[-3:] == ["strategy", "world_size", "compiled"]
+    assert list(rows[0]) == list(COLUMNS) and list(COLUMNS)[-4:] == [
+        "strategy",
+        "world_size",
+        "compiled",
+        "model_label",
+    ]
     eager_rows = client.get("/api/results", params={"compiled": "false"}).json()
     assert {r["job_id"] for r in eager_rows} == {eager, eager2} and len(eager_rows) == 3
     assert not any(r["compiled"] for r in eager_rows)
@@ -172,8 +177,8 @@ def test_compiled_and_eager_runs_of_a_method_are_separate_series(client):
         assert client.get("/compare.csv", params={"model": "bert-tiny", **bad}).status_code == 422
 
     exported = list(csv.reader(io.StringIO(client.get("/api/results/export", params={"compiled": "true"}).text)))
-    assert exported[0] == list(COLUMNS) and exported[0][-1] == "compiled"
-    assert sorted(r[-1] for r in exported[1:]) == ["True", "True"]
+    assert exported[0] == list(COLUMNS) and exported[0][-2:] == ["compiled", "model_label"]
+    assert sorted(r[-2] for r in exported[1:]) == ["True", "True"]
     everything = list(csv.DictReader(io.StringIO(client.get("/api/results/export").text)))
     assert sorted((r["job_id"], r["compiled"]) for r in everything) == sorted(
         [(eager, "False"), (eager, "False"), (compiled, "True"), (compiled, "True"), (eager2, "False")]

@@ -29,7 +29,7 @@ def test_writes_need_a_token_with_the_right_role(client):
     assert client.post("/api/jobs", json=MINIMAL, headers={"Authorization": "Basic x"}).status_code == 401
     reader = client.post("/api/tokens", json={"name": "viewer", "role": "read"}, headers=auth()).json()["token"]
     r = client.post("/api/jobs", json=MINIMAL, headers=auth(reader))
-    assert r.status_code == 403 and "needs submit" in r.json()["detail"]
+    assert r.status_code == 403 and "needs a token with role submit or admin" in r.json()["detail"]
     submitter = client.post("/api/tokens", json={"name": "alice", "role": "submit"}, headers=auth()).json()["token"]
     r = client.post("/api/jobs", json=MINIMAL, headers=auth(submitter))
     assert r.status_code == 201 and r.json()["submitted_by"] == "alice"

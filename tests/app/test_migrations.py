@@ -144,3 +144,43 @@ def test_0004_backfills_compiled_from_the_stored_rows_and_round_trips(database_u
         conn.execute(sa.insert(RESULTS), [row("eager", "lora")])
         assert conn.execute(read).all()[-1][2] is False
     db.engine.dispose()
+
+
+def test_0005_keys_stored_jobs_and_rows_by_model_identity_and_round_trips(database_url):
+    small = {"family": "bert", "overrides": {"hidden_size": 256, "num_hidden_layers": 4}}
+    deep = {"family": "bert", "overrides": {"num_hidden_layers": 24}}
+    db = Database(database_url)
+    alembic(db, command.upgrade, "0004")
+    with db.engine.begin() as conn:
+        stored = [job("small", "cpu"), job("deep", "cpu"), job("bare", "cpu"), job("preset", "cpu")]
+        for j, model in zip(stored, (small, deep, {"family": "bert"}, "bert-tiny")):
+            j.update(model=model if isinstance(model, str) else "bert", spec={**j["spec"], "model": model})
+        conn.execute(sa.insert(JOBS), stored)
+        conn.execute(
+            sa.insert(RESULTS), [row("small", "full") | {"model": "bert"}, row("deep", "full") | {"model": "bert"}]
+        )
+    jobs = sa.select(sa.column("id"), sa.column("model"), sa.column("model_label")).select_from(sa.table("jobs"))
+    rows = sa.select(sa.column("job_id"), sa.column("model"), sa.column("model_label")).select_from(sa.table("results"))
+
+    alembic(db, command.upgrade, "0005")
+    with db.engine.connect() as conn:
+        got = {r[0]: (r[1], r[2]) for r in conn.execute(jobs)}
+        got_rows = {r[0]: (r[1], r[2]) for r in conn.execute(rows)}
+    assert got["small"][1] == "bert (hidden 256, 4 layers)" and got["deep"][1] == "bert (24 layers)"
+    assert got["small"][0] != got["deep"][0] and got["small"][0].startswith("bert~")
+    assert got["bare"] == ("bert", "bert") and got["preset"] == ("bert-tiny", "bert-tiny")
+    assert got_rows == {"small": got["small"], "deep": got["deep"]}  # rows follow their job
+
+    alembic(db, command.downgrade, "0004")
+    with db.engine.connect() as conn:
+        assert {r[0]: r[1] for r in conn.execute(jobs.with_only_columns(sa.column("id"), sa.column("model")))} == {
+            "small": "bert",
+            "deep": "bert",
+            "bare": "bert",
+            "preset": "bert-tiny",
+        }
+        assert "model_label" not in {c["name"] for c in sa.inspect(conn).get_columns("results")}
+    alembic(db, command.upgrade, "head")
+    with db.engine.connect() as conn:
+        assert {r[0]: (r[1], r[2]) for r in conn.execute(jobs)} == got
+    db.engine.dispose()

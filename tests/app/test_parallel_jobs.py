@@ -31,8 +31,8 @@ CUDA = {**TINY, "device": "cuda", "measurements": ["peak_memory"], "parallel": {
 
 
 def figures(page: str) -> dict:
-    """The figures the job page hands to plotly.js."""
-    return json.loads(re.search(r"drawAll\((\{.*?\})\); pollJob", page, re.S).group(1))
+    """The figures the job page hands to plotly.js (its JSON block, which dash.js parses)."""
+    return json.loads(re.search(r'<script type="application/json" id="figures">(.*?)</script>', page, re.S).group(1))
 
 
 def test_parallel_jobs_through_api_worker_and_dashboard(tmp_path):

@@ -174,16 +174,19 @@ def test_cancel_ends_a_queued_job_and_asks_a_running_one_to_stop(queue):
     queue.submit("running")
     assert queue.claim("w").id == "queued"
     queue.submit("later")
-    assert queue.cancel("later", "alice").status == JobStatus.cancelled
-    assert queue.cancel("queued", "alice").cancel_requested  # running: flagged, not ended
+    assert queue.cancel("later", "alice")[0].status == JobStatus.cancelled
+    flagged, changed = queue.cancel("queued", "alice")
+    assert flagged.cancel_requested and changed  # running: flagged, not ended
+    assert queue.cancel("queued", "alice") == (flagged, False)  # asked again: nothing changes, no event
     assert queue.get("queued").status == JobStatus.running
     assert queue.heartbeat("queued", "w", 1).cancel_requested
     assert queue.fail_attempt("queued", "w", 1, "oops", retryable=True) == JobStatus.failed  # no retry once asked
     assert queue.claim("w").id == "running"
     queue.cancel("running", "alice")
     assert queue.stopped("running", "w", 1) == JobStatus.cancelled
-    assert queue.cancel("running", "alice").status == JobStatus.cancelled  # a finished job stays as it is
-    assert queue.cancel("nosuchjob", "alice") is None
+    assert queue.cancel("running", "alice") == (queue.get("running"), False)  # a finished job stays as it is
+    assert queue.get("running").status == JobStatus.cancelled
+    assert queue.cancel("nosuchjob", "alice") == (None, False)
     assert queue.claim("w") is None
     assert queue.kinds("later") == ["created", "cancelled"]
     assert queue.kinds("running") == ["created", "claimed", "cancel_requested", "cancelled"]

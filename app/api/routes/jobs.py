@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from app.api.bodies import JsonBody
 from app.api.deps import Principal, QueueDep, Reader, SessionDep, SettingsDep, Submitter
@@ -37,6 +37,20 @@ def _links(code: int) -> dict:
     return {"responses": {str(code): {"description": "the job", "links": JOB_LINKS}}}
 
 
+DEFAULT_PRIORITY = 0
+
+
+def allowed_priority(who: Principal, priority: int) -> int:
+    """Above the default only for the admin token: otherwise any submitter could jump the queue."""
+    if priority > DEFAULT_PRIORITY and who.role != "admin":
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"priority {priority} is above the default ({DEFAULT_PRIORITY}), which needs an admin token; "
+            f"a submit token may lower its jobs' priority (down to -100)",
+        )
+    return priority
+
+
 def quota(who: Principal, settings: Settings) -> int:
     """Unfinished jobs a caller may have: the admin token is the operator's and is exempt."""
     return 0 if who.role == "admin" else settings.max_queued_per_token
@@ -51,9 +65,12 @@ def create_job(
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
-    priority: int = Query(0, ge=-100, le=100),
+    priority: int = Query(
+        DEFAULT_PRIORITY, ge=-100, le=100, description="higher runs first; above 0 needs an admin token"
+    ),
 ) -> JobPublic:
     """Queue a profiling job. The body is the job spec itself (see the README)."""
+    priority = allowed_priority(who, priority)
     job = jobs.create(session, queue, spec, who.name, priority, settings.max_attempts, quota(who, settings))
     return jobs.public(session, job)
 
@@ -84,16 +101,24 @@ def job_events(job_id: str, session: SessionDep, _: Reader) -> list[JobEvent]:
     return jobs.events(session, job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobSummary, openapi_extra=_links(200))
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobSummary,
+    openapi_extra=_links(200),
+    responses={403: {"description": "another token's job"}, 409: {"description": "the job already finished"}},
+)
 def cancel_job(job_id: str, session: SessionDep, queue: QueueDep, who: Submitter) -> Job:
-    """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat."""
-    return jobs.cancel(session, queue, job_id, who.name)
+    """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat (asking
+    again changes nothing). A submit token cancels its own jobs, an admin any; a finished job is a 409."""
+    return jobs.cancel(session, queue, job_id, who.name, admin=who.role == "admin")
 
 
 @router.post(
     "/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobPublic, openapi_extra=_links(201)
 )
 def rerun_job(job_id: str, session: SessionDep, queue: QueueDep, who: Submitter, settings: SettingsDep) -> JobPublic:
-    return jobs.public(
-        session, jobs.rerun(session, queue, job_id, who.name, settings.max_attempts, quota(who, settings))
-    )
+    """A new job with the same spec. A submit token re-runs its own jobs, an admin any; the copy keeps
+    the original's priority (a submit token's copy at most the default)."""
+    admin = who.role == "admin"
+    job = jobs.rerun(session, queue, job_id, who.name, settings.max_attempts, quota(who, settings), admin=admin)
+    return jobs.public(session, job)

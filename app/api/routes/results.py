@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from app import finite
 from app.api.deps import Reader, SessionDep
+from app.csv_export import csv_response
+from app.finite import finite_text
 from app.services import results
 from app.services.filters import Filter, Page
 from app.timestamps import as_utc
 
 router = APIRouter(prefix="/api/results", tags=["results"])
+# the flat columns that are numbers: one stored non-finite (before they were refused) reads null
+NUMBERS = ("peak_bytes", "first_step_peak_bytes", "activation_bytes", "tokens_per_s")
 
 
 async def row_filter(
@@ -70,7 +72,9 @@ async def query_results(request: Request, _: Reader, f: FilterDep, p: PageDep) -
 
     def read() -> Response:
         with request.app.state.db.reader() as conn:
-            return Response(results.rows_json(conn, f, p), media_type="application/json")
+            # finite_text: a row stored before non-finite numbers were refused reads null, not NaN
+            text = finite_text(results.rows_json(conn, f, p), numbers=NUMBERS)
+            return Response(text, media_type="application/json")
 
     return await run_in_threadpool(read)
 
@@ -91,6 +95,7 @@ def compare(session: SessionDep, _: Reader, f: FilterDep, p: PageDep, baseline: 
     return [
         {
             "model": c.row.model,
+            "model_label": c.row.model_label or c.row.model,
             "mode": c.row.mode,
             "dtype": c.row.dtype,
             "batch_size": c.row.batch_size,
@@ -117,11 +122,6 @@ def export(
     rows = results.flat_rows(session, f, p)
     if format == "json":
         headers = {"Content-Disposition": 'attachment; filename="results.json"'}
-        return Response(json.dumps(rows), media_type="application/json", headers=headers)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=results.COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return Response(
-        buf.getvalue(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="results.csv"'}
-    )
+        return Response(finite.dumps(rows), media_type="application/json", headers=headers)
+    # cells a spreadsheet would run are escaped; a legacy non-finite number is an empty cell
+    return csv_response(finite.finite(rows), results.COLUMNS, "results.csv")

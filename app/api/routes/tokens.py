@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 
 from app.api.deps import Admin, SessionDep, hash_token
-from app.models import Token
+from app.models import Token, utcnow
 from app.schemas import TokenCreate, TokenPublic
 
 router = APIRouter(prefix="/api/tokens", tags=["tokens"])
@@ -16,10 +16,16 @@ router = APIRouter(prefix="/api/tokens", tags=["tokens"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TokenPublic)
 def create_token(body: TokenCreate, session: SessionDep, _: Admin) -> TokenPublic:
-    if session.execute(select(Token).where(Token.name == body.name)).scalar_one_or_none():
+    """A new token, shown once. The name of a revoked token may be given again: the new token takes
+    it over, and with it what the name owns (its jobs, its workers), as the old one did."""
+    old = session.execute(select(Token).where(Token.name == body.name)).scalar_one_or_none()
+    if old is not None and not old.revoked:
         raise HTTPException(status.HTTP_409_CONFLICT, f"a token named {body.name!r} exists; pick another name")
     token = "wtacrs_" + secrets.token_urlsafe(32)
-    session.add(Token(name=body.name, token_hash=hash_token(token), role=body.role))
+    if old is None:
+        session.add(Token(name=body.name, token_hash=hash_token(token), role=body.role))
+    else:  # the old secret's hash goes: only the new one authenticates
+        old.token_hash, old.role, old.revoked, old.created_at = hash_token(token), body.role, False, utcnow()
     return TokenPublic(name=body.name, role=body.role, token=token)
 
 

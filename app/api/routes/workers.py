@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
 
 from app.api.bodies import JsonBody
 from app.api.deps import QueueDep, SessionDep, WorkerAuth
-from app.models import Worker, utcnow
+from app.models import Job, Worker, utcnow
 from app.queue import LeaseLost
 from app.schemas import (
     AttemptFailure,
@@ -21,6 +23,8 @@ from app.schemas import (
     WorkerRegister,
 )
 from app.services import results, workers
+from contract.results import posted_context
+from contract.rows import POSTED, RowBounds
 
 router = APIRouter(prefix="/api/workers", tags=["workers"])
 RESULT_BODY = JsonBody(AttemptResult)
@@ -35,6 +39,23 @@ def _worker(session, worker_id: str, who) -> Worker:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this worker was registered with another token")
     worker.last_seen = utcnow()
     return worker
+
+
+def _stored_spec(db, job_id: str) -> dict | None:
+    with db.reader() as conn:
+        return conn.execute(select(Job.spec).where(Job.id == job_id)).scalar_one_or_none()
+
+
+async def posted_result(request: Request, job_id: str, who: WorkerAuth) -> AttemptResult:
+    """The result body, validated against its job: rows of the job's methods only, batch sizes up
+    to its largest, as many rows as its spec produces, every field declared and bounded
+    (contract/rows.py). Read only for a worker token; a refused body is a 422 naming the field and
+    changes nothing, so the worker still holds the job and may post again."""
+    spec = await run_in_threadpool(_stored_spec, request.app.state.db, job_id)
+    # no such job: checked without a spec's bounds, then refused as not held (409: drop it)
+    context = posted_context(spec) if spec is not None else {POSTED: RowBounds()}
+    raw = await request.body()  # the size limit (app.limits) applies while this reads
+    return await run_in_threadpool(RESULT_BODY.parse, raw, context)
 
 
 def _lost(err: LeaseLost) -> HTTPException:
@@ -81,7 +102,7 @@ def post_result(
     worker_id: str,
     job_id: str,
     who: WorkerAuth,  # before the body: a result may be megabytes, read only for a worker token
-    body: Annotated[AttemptResult, Depends(RESULT_BODY)],
+    body: Annotated[AttemptResult, Depends(posted_result)],
     session: SessionDep,
     queue: QueueDep,
 ) -> Response:

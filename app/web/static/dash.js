@@ -1,4 +1,7 @@
 // Draw server-built Plotly figures; poll a running job; submit jobs from the browser.
+// The pages run no inline script (their Content-Security-Policy allows none): each page says what it
+// has in markup (a JSON block #figures, the job's id on #job-status, the form #submit-form) and
+// this file starts what is there.
 
 // The modebar shows on hover only; titles sit below its row (charts._layout), so it never covers
 // them. Gone: the selection tools no chart here uses, and "Share chart", which uploads the figure
@@ -46,7 +49,7 @@ function drawTable(spec, id) {
 function pollJob(id, status) {
   if (status !== "queued" && status !== "running") return;
   setTimeout(async () => {
-    const job = await (await fetch("/api/jobs/" + id)).json();
+    const job = await (await fetch("/api/jobs/" + encodeURIComponent(id))).json();
     document.getElementById("status").textContent = job.status;
     document.getElementById("progress").value = job.progress;
     document.getElementById("progress-msg").textContent = job.progress_message || "";
@@ -62,7 +65,10 @@ function setupSubmit() {
   const form = document.getElementById("submit-form");
   const token = document.getElementById("token");
   const error = document.getElementById("submit-error");
-  token.value = localStorage.getItem("wtacrs-token") || "";
+  // The token lives in this tab's session only: localStorage kept it for any script of the site to
+  // read, forever. A token an older page saved there is dropped.
+  localStorage.removeItem("wtacrs-token");
+  token.value = sessionStorage.getItem("wtacrs-token") || "";
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.hidden = true;
@@ -74,7 +80,7 @@ function setupSubmit() {
       error.hidden = false;
       return;
     }
-    localStorage.setItem("wtacrs-token", token.value);
+    sessionStorage.setItem("wtacrs-token", token.value);
     const r = await fetch("/api/jobs", {method: "POST", headers: {"Content-Type": "application/json",
       "Authorization": "Bearer " + token.value}, body: JSON.stringify(spec)});
     const body = await r.json();
@@ -86,3 +92,14 @@ function setupSubmit() {
     error.hidden = false;
   });
 }
+
+function start() {
+  const figures = document.getElementById("figures");
+  // JSON, never script: the server escaped every <, > and & in it (routes.page_json)
+  if (figures) drawAll(JSON.parse(figures.textContent));
+  const job = document.getElementById("job-status");
+  if (job) pollJob(job.dataset.jobId, job.dataset.status);
+  if (document.getElementById("submit-form")) setupSubmit();
+}
+
+addEventListener("DOMContentLoaded", start);
