@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from . import identity
 from .measurements import MEASUREMENTS
-from .methods import parse_method
+from .methods import MEFT_FAMILIES, parse_method
 from .presets import FAMILIES, PRESETS, PRETRAINED
 
 # Bounds on what one spec may ask for. Every list and string a client sends has one, so neither
@@ -27,6 +28,8 @@ MAX_LAYERS = 256
 LAYER_KEYS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "num_encoder_layers", "n_layer")
 MAX_OVERRIDE_INT = 2**31 - 1
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
+# The optimizers a spec may name; adamw, adam and sgd run torch's default implementation for the device
+OPTIMIZERS = ("adamw", "adamw-foreach", "adamw-fused", "adamw-single", "adam", "sgd", "adafactor")
 
 
 class Strict(BaseModel):
@@ -184,7 +187,17 @@ class JobSpec(Strict):
         description="fp32; bf16/fp16: autocast with fp32 weights; bf16-weights: weights (and so gradients "
         "and optimizer state) stored in bf16, no fp32 master copy and no autocast",
     )
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal[OPTIMIZERS] = Field(
+        "adamw",
+        description="the optimizer and its implementation. adamw (default) and adam: torch's default for the "
+        "device, as a plain torch.optim.AdamW(params) (and the HF Trainer's adamw_torch) gives: foreach on "
+        "cuda and on an estimate of a CUDA device (it holds parameter-sized temporaries during the step), "
+        "single-tensor on cpu; adamw-foreach, adamw-fused (one kernel, no temporaries) and adamw-single (a loop "
+        "over parameters, no temporaries beyond one parameter's) pin the implementation; sgd: momentum 0.9, "
+        "torch's default implementation; adafactor: torch.optim.Adafactor, factored second moments (cpu and "
+        "cuda only: it reads parameter norms on the host, which an estimate cannot trace). Rows report the "
+        "optimizer and optimizer_impl that ran",
+    )
     lr: float = Field(5e-5, gt=0, allow_inf_nan=False)
     measurements: list[Name] = Field(
         default_factory=lambda: ["peak_memory", "throughput"], min_length=1, max_length=MAX_MEASUREMENTS
@@ -269,12 +282,35 @@ class JobSpec(Strict):
                     "measurement 'convergence' does not support dtype 'bf16-weights'; "
                     "use dtype 'fp32', 'bf16' or 'fp16' (autocast)"
                 )
+        family = PRESETS[self.model][0] if isinstance(self.model, str) else self.model.family
+        meft = [m for m in self.methods if parse_method(m).meft]
+        if meft and family not in MEFT_FAMILIES:
+            raise ValueError(
+                f"methods {meft} (MEFT) support the families {list(MEFT_FAMILIES)}; not {family!r}: T5's first "
+                "layer computes the position bias the others reuse and its decoder reads the encoder output, "
+                "which breaks the reversible coupling, and GPT-2 has no MEFT record yet"
+            )
         if self.device == "estimate":
+            sampled_selective = [
+                m for m in self.methods if parse_method(m).sampler and parse_method(m).selective_checkpointing
+            ]
+            if sampled_selective:
+                raise ValueError(
+                    f"methods {sampled_selective} do not trace yet: selective checkpointing's recomputation must "
+                    "issue the forward's ops in order, and the row sampling's differs under FakeTensorMode; "
+                    "profile them on device 'cpu' or 'cuda', or estimate 'selective-checkpointing' without a sampler"
+                )
             untraceable = [m for m in self.methods if parse_method(m).adapter == "velora"]
             if untraceable:
                 raise ValueError(
                     f"methods {untraceable} read tensor values on the host (peft VeLoRA), which FakeTensorMode "
                     "cannot trace; profile them on device 'cpu' or 'cuda'"
+                )
+            if self.optimizer == "adafactor":
+                raise ValueError(
+                    "optimizer 'adafactor' cannot be estimated: torch's Adafactor reads parameter and update "
+                    "norms on the host (.item()) every step, which FakeTensorMode cannot trace; measure it on "
+                    "device 'cpu' or 'cuda', or estimate with an adamw variant"
                 )
             for name in self.measurements:
                 if not MEASUREMENTS[name].estimate:
@@ -339,4 +375,15 @@ class JobSpec(Strict):
 
     @property
     def model_name(self) -> str:
+        """The preset or the family (for messages; results group by `model_key`)."""
         return self.model if isinstance(self.model, str) else self.model.family
+
+    @property
+    def model_key(self) -> str:
+        """What results group by: the preset, or the family with its canonical overrides."""
+        return identity.of_spec_model(self.model_dump(mode="json")["model"])[0]
+
+    @property
+    def model_label(self) -> str:
+        """The model as pages name it, e.g. `bert (hidden 256, 4 layers)`."""
+        return identity.of_spec_model(self.model_dump(mode="json")["model"])[1]

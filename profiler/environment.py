@@ -22,7 +22,8 @@ def git_revision() -> str | None:
         return None
 
 
-def describe(mode: str) -> dict:
+def describe(mode: str, spec=None) -> dict:
+    """The host, the versions and, given the job's spec (a JobSpec), the optimizer that runs."""
     import torch
     import transformers
 
@@ -43,6 +44,10 @@ def describe(mode: str) -> dict:
         "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
         "torch_threads": torch.get_num_threads(),
     }
+    if spec is not None:
+        from .measure import optimizer_impl
+
+        env.update(optimizer=spec.optimizer, optimizer_impl=optimizer_impl(spec))
     if mode == "cuda" and torch.cuda.is_available():
         from wtacrs import kernels
 

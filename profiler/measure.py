@@ -2,7 +2,8 @@
 
 Memory is measured, never guessed: CUDA allocator statistics on cuda, the profiler's record of
 the CPU allocator on cpu, and a dispatcher-level storage count under FakeTensorMode on
-estimate. The breakdown always comes from the storage tracker (same method in every mode).
+estimate. The breakdown always comes from the storage tracker (same method in every mode), taken
+at the tracker's peak, with what the reported peak holds beyond it in `other` (`reconcile`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Trial:
     kernels: DeviceModel | None = None  # estimate: trace the kernels this CUDA device would run
     traced: bool = False  # under FakeTensorMode: no tensor has a value
     compiled: torch.nn.Module | None = None  # torch.compile(model), what a step runs (compile_step)
+    optimizer_name: str = "adamw"  # the spec's optimizer
+    optimizer_impl: str = "single"  # what it ran as: single, foreach or fused (optimizer_impl)
 
     def autocast(self):
         return autocast(self.device.type, self.dtype)
@@ -65,12 +68,36 @@ class Trial:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+def optimizer_impl(spec: JobSpec) -> str:
+    """The implementation spec.optimizer runs as: 'single', 'foreach' or 'fused'.
+
+    A pinned one (adamw-foreach, adamw-fused, adamw-single) is what it says. Otherwise it is torch's
+    default for the device (`torch.optim.optimizer._default_to_fused_or_foreach`, never fused unless
+    asked): foreach where every parameter is on a device with foreach kernels (CUDA), single-tensor
+    on the CPU. An estimate of a CUDA device (estimate_device cuda-sm90) traces fake CPU tensors that
+    stand for CUDA ones, so it is resolved here, as CUDA would, and passed to the optimizer
+    explicitly; an estimate of the CPU gets the CPU's choice.
+    """
+    if spec.optimizer.startswith("adamw-"):
+        return spec.optimizer.removeprefix("adamw-")
+    cuda = spec.device == "cuda" or (spec.device == "estimate" and spec.estimate_device != "cpu")
+    return "foreach" if cuda else "single"
+
+
 def make_optimizer(spec: JobSpec, model) -> torch.optim.Optimizer:
+    """spec.optimizer over the model's trainable parameters, its implementation resolved and explicit
+    (optimizer_impl), so a row can say which one ran."""
     params = [p for p in model.parameters() if p.requires_grad]
+    impl = optimizer_impl(spec)
+    kind = {"foreach": True, "fused": False, "single": False}
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=0.9)
-    cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=spec.lr, foreach=False)  # foreach adds a parameter-sized scratch per group
+        return torch.optim.SGD(params, lr=spec.lr, momentum=0.9, foreach=kind[impl])
+    if spec.optimizer == "adafactor":
+        return torch.optim.Adafactor(params, lr=spec.lr, foreach=kind[impl])
+    cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+    if impl == "fused":
+        return cls(params, lr=spec.lr, fused=True)
+    return cls(params, lr=spec.lr, foreach=kind[impl])
 
 
 def _swap_tensors(model: torch.nn.Module, convert) -> None:
@@ -150,7 +177,17 @@ def build_trial(
         # then runs maskless, and on CUDA fused); fake tensors have no values to look at, so it
         # would keep a mask that no real run keeps. Dropping it here is what a real run does.
         batch.pop("attention_mask", None)
-    return Trial(model, make_optimizer(spec, model), batch, device, spec.dtype, kernels, fake_mode is not None)
+    return Trial(
+        model,
+        make_optimizer(spec, model),
+        batch,
+        device,
+        spec.dtype,
+        kernels,
+        fake_mode is not None,
+        optimizer_name=spec.optimizer,
+        optimizer_impl=optimizer_impl(spec),
+    )
 
 
 @contextlib.contextmanager
@@ -244,19 +281,30 @@ def steady_step(trial: Trial) -> None:
         trial.optimizer_step()
 
 
+CUDA_BLOCK = 512  # the CUDA caching allocator hands out multiples of 512 bytes
+
+
 def measure_memory(
     trial: Trial, mode: str, tracker: StorageTracker | None = None, saved: SavedTensorCounter | None = None
 ) -> dict:
     """Step 1 (before optimizer state exists), then one steady-state step.
 
     Peaks are the CUDA allocator's on cuda and the storage tracker's otherwise; on cpu the caller
-    replaces them with a CPUAllocatorRecord's, which has to span the trial's construction too.
-    An estimate of a CUDA device counts storages in the allocator's block sizes, plus the cuBLAS
-    workspaces a real device holds from its first matmul on. `tracker` and `saved` replace the
-    default tracker and saved-tensor counter (profiler/parallel.py passes sharding-aware ones).
+    replaces them with a CPUAllocatorRecord's, which has to span the trial's construction too, and
+    calls `reconcile` again. An estimate of a CUDA device counts storages in the allocator's block
+    sizes, plus the cuBLAS workspaces a real device holds from its first matmul on. `tracker` and
+    `saved` replace the default tracker and saved-tensor counter (profiler/parallel.py passes
+    sharding-aware ones). Each breakdown is the tracker's composition at its own peak, the part of
+    the reported peak the tracker does not see (workspaces; on cuda and cpu what kernels allocate
+    inside themselves) in `other` and in untracked_bytes, so that it sums to the peak (`reconcile`).
     """
     if tracker is None:
-        tracker = StorageTracker(block=trial.kernels.round_bytes if trial.kernels else 1)
+        if trial.kernels:
+            tracker = StorageTracker(block=trial.kernels.round_bytes)
+        elif mode == "cuda":  # what the CUDA allocator counts: its blocks, on the device only
+            tracker = StorageTracker(block=CUDA_BLOCK, device_type="cuda")
+        else:
+            tracker = StorageTracker()
     fixed = trial.kernels.workspace_bytes if trial.kernels else 0
     # the counter's saved-tensor hook shadows the tracker's while it is active: it forwards to it
     if saved is None:
@@ -280,12 +328,46 @@ def measure_memory(
         "tracked_peak_bytes": int(tracker.peak),
         "breakdown": tracker.peak_breakdown(),
         "first_step_breakdown": first_breakdown,
+        "optimizer": trial.optimizer_name,
+        "optimizer_impl": trial.optimizer_impl,
     }
     if trial.kernels:
-        out["workspace_bytes"] = fixed  # in the peaks; not in the breakdown, which is the tracker's in every mode
+        out["workspace_bytes"] = fixed  # in the peaks, and in the breakdowns' `other`
     if cuda:
         out.update(cuda_allocator_stats())
+    reconcile(out)
     return out
+
+
+_PEAKS = (
+    ("breakdown", "peak_bytes", "untracked_bytes"),
+    ("first_step_breakdown", "first_step_peak_bytes", "first_step_untracked_bytes"),
+)
+
+
+def reconcile(row: dict) -> dict:
+    """Make each breakdown sum to its peak, to the byte, once the row's peaks are final.
+
+    A breakdown is the tracker's composition at the tracker's peak. What the reported peak holds
+    beyond it is untracked: the cuBLAS workspaces of an estimate (exactly workspace_bytes, since an
+    estimate's peak is the tracker's plus them), and on cuda/cpu what the allocator counted that no
+    op handed to the dispatcher (kernels' internal scratch, the workspaces) plus any difference in
+    when the two peaks fell. It goes into `other` and is named in untracked_bytes (negative where
+    the allocator's peak is below the tracker's; in cpu and estimate runs of the tests it never is).
+    Idempotent: call it again after a peak changes.
+    """
+    for breakdown_key, peak_key, untracked_key in _PEAKS:
+        breakdown, peak = row.get(breakdown_key), row.get(peak_key)
+        if breakdown is None or peak is None:
+            continue
+        before = row.get(untracked_key) or 0
+        tracked_other = breakdown["other"] - before
+        untracked = int(peak) - (sum(breakdown.values()) - before)
+        # a category is never negative (rows refuse it): should the allocator peak below the tracker
+        # by more than the tracker's `other`, that breakdown sums to more than its peak
+        breakdown["other"] = max(tracked_other + untracked, 0)
+        row[untracked_key] = untracked
+    return row
 
 
 def cuda_allocator_stats() -> dict:

@@ -142,17 +142,7 @@ class RankTracker(StorageTracker):
         return super().track(t)
 
     def _resized(self, storage) -> None:
-        found = self.live.get(storage._cdata)
-        if found is None:
-            return
-        nbytes = -(-storage.nbytes() // self.block) * self.block
-        self.live[storage._cdata] = (nbytes, found[1])
-        self.current += nbytes - found[0]
-        if self.current > self.peak:
-            self.peak = self.current
-            if self.current > self._snap_at * 1.001:
-                self._snap_at = self.current
-                self._peak_snapshot = list(self.live.items())
+        self.resized(storage._cdata, storage.nbytes())
 
     @contextlib.contextmanager
     def resizes(self):

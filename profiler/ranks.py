@@ -22,7 +22,16 @@ from contract.methods import Method, parse_method
 from contract.rows import TrialRow
 from contract.spec import JobSpec
 
-from .measure import FIRST_STEP, STEADY, CPUAllocatorRecord, build_trial, free_cached, measure_throughput, release
+from .measure import (
+    FIRST_STEP,
+    STEADY,
+    CPUAllocatorRecord,
+    build_trial,
+    free_cached,
+    measure_throughput,
+    reconcile,
+    release,
+)
 from .parallel import RankTracker, distributed, failure, sharded_trial
 from .trials import base_row
 
@@ -180,6 +189,7 @@ def _measure_rank(spec: JobSpec, method: Method, batch_size: int, device, mesh, 
         if record is not None:  # the allocator's count over the steps (wrapping's transient left out)
             out["first_step_peak_bytes"] = record.peak(FIRST_STEP)
             out["peak_bytes"] = max(record.peak(r) for r in (FIRST_STEP, STEADY))
+            reconcile(out)  # the breakdowns sum to these peaks
         if throughput and "throughput" in spec.measurements:
             out |= measure_throughput(trial, spec, batch_size * spec.seq_len, batch_size)
         return out

@@ -39,7 +39,7 @@ def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -
 
     spec = JobSpec.model_validate_json(spec_json)
     method = parse_method(method_name)
-    emit({"kind": "environment", "data": describe(spec.device)})
+    emit({"kind": "environment", "data": describe(spec.device, spec)})
 
     def tick(message: str) -> None:
         emit({"kind": "tick", "data": message})

@@ -1,14 +1,16 @@
 """Live-storage accounting through the dispatcher: every tensor storage an op creates is counted
 until it is freed. Runs on real tensors and under FakeTensorMode (where it is the estimate).
 
-At the peak, live storages are classified as parameters, gradients, optimizer state, saved
-activations or other, from what was seen: parameters at start, gradients from post-accumulate
-hooks, optimizer state after each step, activations from the saved-tensor pack hook.
+The live storages at the peak itself are kept (see `_leave_peak`) and classified as parameters,
+gradients, optimizer state, saved activations or other, from what was seen: parameters at start,
+gradients from post-accumulate hooks, optimizer state after each step, activations from the
+saved-tensor pack hook. The breakdown therefore sums to `peak`, to the byte.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import weakref
 
 import torch
@@ -23,20 +25,27 @@ def _storage(t: torch.Tensor):
 
 
 class StorageTracker(TorchDispatchMode):
-    def __init__(self, block: int = 1):
+    def __init__(self, block: int = 1, device_type: str | None = None):
         super().__init__()
         self.block = block  # storages are counted in multiples of this (a caching allocator's block)
+        self.device_type = device_type  # count only storages on this kind of device (None: all)
         self.live: dict[int, tuple[int, int]] = {}  # storage key -> (nbytes, generation)
         self.current = 0
         self.peak = 0
-        self._peak_snapshot: list[tuple[int, int]] = []
-        self._snap_at = 0
+        self._peak_snapshot: dict[int, tuple[int, int]] = {}  # `live` at the peak
+        self._at_peak = False  # nothing was freed or shrunk since `current` last became `peak`
         self._gen = 0
         self.kind: dict[tuple[int, int], str] = {}  # (key, generation) -> category
 
     # -- accounting -------------------------------------------------------------------------
+    # The composition at the peak is what `live` holds at the last moment `current` equals `peak`.
+    # Between a new peak and the first free (or shrink) after it nothing but growth happens, and
+    # growth makes a new peak, so that moment is just before that first free: the snapshot is taken
+    # there, once per peak that is left, and never on the way up (where every allocation is a peak).
     def track(self, t: torch.Tensor) -> tuple[int, int] | None:
         if not isinstance(t, torch.Tensor) or t.is_meta:
+            return None
+        if self.device_type is not None and t.device.type != self.device_type:
             return None
         st = _storage(t)
         key = st._cdata
@@ -46,20 +55,51 @@ class StorageTracker(TorchDispatchMode):
         nbytes = -(-st.nbytes() // self.block) * self.block
         self._gen += 1
         self.live[key] = (nbytes, self._gen)
-        self.current += nbytes
         weakref.finalize(st, self._free, key, self._gen)
-        if self.current > self.peak:
-            self.peak = self.current
-            if self.current > self._snap_at * 1.001:  # re-snapshot only when the peak grew 0.1%
-                self._snap_at = self.current
-                self._peak_snapshot = list(self.live.items())
+        self._grow(nbytes)
         return key, self._gen
+
+    def _grow(self, nbytes: int) -> None:
+        self.current += nbytes
+        if self.current > self.peak:  # the first moment at a new peak; a return to it adds nothing
+            self.peak = self.current
+            self._at_peak = True
+
+    def _leave_peak(self) -> None:
+        """Call before `live` loses bytes: keeps the composition of a peak about to be left."""
+        if self._at_peak:
+            self._at_peak = False
+            self._peak_snapshot = self._copy_live()
+
+    def _copy_live(self) -> dict[int, tuple[int, int]]:
+        # with the collector off: a collection it triggered could run a storage's finalizer (_free)
+        # and change `live` while it is being copied
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self.live.copy()
+        finally:
+            if enabled:
+                gc.enable()
 
     def _free(self, key: int, gen: int) -> None:
         found = self.live.get(key)
         if found is not None and found[1] == gen:
+            self._leave_peak()
             del self.live[key]
             self.current -= found[0]
+
+    def resized(self, key: int, nbytes: int) -> None:
+        """A live storage now holds nbytes (UntypedStorage.resize_, which the dispatcher does not see)."""
+        found = self.live.get(key)
+        if found is None:
+            return
+        nbytes = -(-nbytes // self.block) * self.block
+        if nbytes < found[0]:
+            self._leave_peak()
+        self.live[key] = (nbytes, found[1])
+        self.current -= found[0]
+        self._grow(nbytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -69,8 +109,8 @@ class StorageTracker(TorchDispatchMode):
         return out
 
     def reset_peak(self) -> None:
-        self.peak = self._snap_at = self.current
-        self._peak_snapshot = list(self.live.items())
+        self.peak = self.current
+        self._at_peak = True
 
     # -- classification ---------------------------------------------------------------------
     def mark(self, tensors, category: str) -> None:
@@ -113,7 +153,10 @@ class StorageTracker(TorchDispatchMode):
             self.mark([v for v in state.values() if isinstance(v, torch.Tensor)], "optimizer_state")
 
     def peak_breakdown(self) -> dict[str, int]:
+        """Bytes at the peak by category; they sum to `peak`."""
+        if self._at_peak:  # the peak is now
+            self._peak_snapshot = self._copy_live()
         out = dict.fromkeys(CATEGORIES, 0)
-        for key, (nbytes, gen) in self._peak_snapshot:
+        for key, (nbytes, gen) in self._peak_snapshot.items():
             out[self.kind.get((key, gen), "other")] += nbytes
         return out

@@ -23,6 +23,8 @@ from .measure import (
     free_cached,
     measure_memory,
     measure_throughput,
+    optimizer_impl,
+    reconcile,
     release,
 )
 
@@ -79,6 +81,8 @@ def base_row(spec: JobSpec, method: Method, batch_size: int) -> dict:
         "oom": False,
         "error": None,
         "compiled": spec.compile,
+        "optimizer": spec.optimizer,
+        "optimizer_impl": optimizer_impl(spec),
     }
     if spec.parallel.strategy != "none":
         row.update(strategy=spec.parallel.strategy, world_size=spec.parallel.world_size)
@@ -116,6 +120,7 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
             # peak (eager, the whole run's, which is the steps' too: building never holds more)
             row["first_step_peak_bytes"] = context.peak(FIRST_STEP, since=built)
             row["peak_bytes"] = context.peak(since=built)
+            reconcile(row)  # the breakdowns sum to these peaks
         limit = memory_limit(spec)
         if spec.device == "estimate" and limit is not None:
             row["oom"] = row["peak_bytes"] > limit  # would not fit the target device

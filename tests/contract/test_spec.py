@@ -82,11 +82,32 @@ def test_family_with_overrides():
             "measurement 'memory_attribution' runs no compiled step: it attributes saved tensors to the modules",
         ),
         ({"convergence": {"epochs": 0}}, "greater than or equal to 1"),
+        (
+            {"optimizer": "lion"},
+            "'adamw', 'adamw-foreach', 'adamw-fused', 'adamw-single', 'adam', 'sgd' or 'adafactor'",
+        ),
+        (
+            {"optimizer": "adafactor", "device": "estimate", "measurements": ["peak_memory"]},
+            "optimizer 'adafactor' cannot be estimated: torch's Adafactor reads parameter and update norms on the host",
+        ),
     ],
 )
 def test_bad_specs_say_what_is_wrong(change, message):
     with pytest.raises(ValidationError, match=message):
         JobSpec.model_validate({**MINIMAL, **change})
+
+
+def test_optimizer_names_its_implementation_and_defaults_to_torchs():
+    """Issue 29: adamw (the default, and what a spec without the field means) is torch's default for
+    the device; the others pin an implementation. Resolved by the profiler (profiler.measure.optimizer_impl)."""
+    assert JobSpec.model_validate(MINIMAL).optimizer == "adamw"
+    assert "optimizer" not in MINIMAL
+    for name in ("adamw", "adamw-foreach", "adamw-fused", "adamw-single", "adam", "sgd"):
+        for device in ("cpu", "cuda", "estimate"):
+            spec = {**MINIMAL, "optimizer": name, "device": device, "measurements": ["peak_memory"]}
+            assert JobSpec.model_validate(spec).optimizer == name
+    for device in ("cpu", "cuda"):
+        assert JobSpec.model_validate({**MINIMAL, "optimizer": "adafactor", "device": device}).optimizer == "adafactor"
 
 
 def test_bf16_weights_is_a_dtype_everywhere_a_batch_is_profiled():
