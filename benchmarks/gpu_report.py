@@ -1,6 +1,7 @@
-"""The GPU suite's report (benchmarks/gpu_suite.py): each Table-2 setting measured beside its
-estimate, with the estimate's error per method, the max-batch tables and the step-time sections,
-rendered as `report.md` from the suite's `results.json` state."""
+"""The GPU suite's report (benchmarks/gpu_suite.py): each memory setting measured beside its
+estimate, with the estimate's error per method, the max-batch searches, the cuda tests and the
+step-time sections, rendered as `report.md` from the suite's `results.json` state. Rendered after
+every change, so it also reads a part that is still running or was cut."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def compare(measured: dict, estimate: dict) -> list[dict]:
         row["tokens_per_s"] = r.get("tokens_per_s")
         if ok and full:
             row["memory_x_full"] = round(full["first_step_peak_bytes"] / r["first_step_peak_bytes"], 3)
-            row["tokens_per_s_vs_full"] = round(r["tokens_per_s"] / full["tokens_per_s"], 3)
+            if r.get("tokens_per_s") and full.get("tokens_per_s"):
+                row["tokens_per_s_vs_full"] = round(r["tokens_per_s"] / full["tokens_per_s"], 3)
         out.append(row)
     return out
 
@@ -55,14 +57,33 @@ def setting_table(mode: str, rows: list[dict]) -> list[str]:
     return lines
 
 
-def maxbatch_table(job: dict) -> list[str]:
-    rows = job.get("max_batch", [])
-    full = next((r["max_batch_size"] for r in rows if r["method"] == "full"), None)
-    lines = ["| method | max batch | x full | capped at upper | probes |", "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        ratio = fmt(r["max_batch_size"] / full) + "x" if full else "—"
-        capped = "yes" if r.get("capped_at_upper") else "no"
-        lines.append(f"| {r['method']} | {r['max_batch_size']} | {ratio} | {capped} | {len(r.get('probes', []))} |")
+def maxbatch_table(entry: dict) -> list[str]:
+    """The max-batch part: each method's answer per search, B fits / B+1 out of memory, same twice."""
+    runs = entry.get("runs", [])
+    answers = {}
+    for i, job in enumerate(runs):
+        for r in job.get("max_batch", []):
+            answers.setdefault(r["method"], {})[i] = r
+    full = next((r[0]["max_batch_size"] for m, r in answers.items() if m == "full" and 0 in r), None)
+    heads = " | ".join(f"search {i + 1}" for i in range(len(runs)))
+    lines = [
+        f"| method | {heads} | x full | B fits, B+1 OOM | same twice | probes |",
+        "|---|" + "---:|" * (len(runs) + 4),
+    ]
+    for method, by_run in answers.items():
+        check = entry.get("checks", {}).get(method, {})
+        cells = " | ".join(
+            (f"{by_run[i]['max_batch_size']}" + (" (upper)" if by_run[i].get("capped_at_upper") else ""))
+            if i in by_run
+            else "—"
+            for i in range(len(runs))
+        )
+        first = next(iter(by_run.values()))["max_batch_size"]
+        ratio = fmt(first / full) + "x" if full else "—"
+        exact = "yes" if check.get("exact") and all(check["exact"]) else "no"
+        same = "yes" if check.get("same") else ("—" if len(check.get("answers", [])) < 2 else "**no**")
+        probes = "/".join(str(len(r.get("probes", []))) for r in by_run.values())
+        lines.append(f"| {method} | {cells} | {ratio} | {exact} | {same} | {probes} |")
     return lines
 
 
@@ -85,35 +106,60 @@ def header(state: dict, args) -> list[str]:
     ]
 
 
+def tests_section(t: dict) -> list[str]:
+    counts = ", ".join(f"{n} {k}" for k, n in t["counts"].items()) or "no test reported"
+    of = f" of {t['selected']} selected" if t.get("selected") is not None else ""
+    state = "cut at the part's end" if t.get("cut") else f"exit {t['returncode']}"
+    lines = ["## cuda-marked tests", "", f"`{' '.join(t['command'])}`: {state}, {counts}{of} ({t['seconds']} s)"]
+    failed = [name for name, outcome in t.get("outcomes", {}).items() if outcome in ("failed", "error")]
+    lines += [""] + [f"- {outcome}: `{name}`" for name in failed for outcome in [t["outcomes"][name]]]
+    return lines + ["", "```", t["tail"], "```"]
+
+
+def step_time_section(name: str, result: dict, seconds: float) -> list[str]:
+    if "error" in result:
+        return [f"## step time, {name}", "", f"{result['error']}:", "", "```", result.get("tail", ""), "```"]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from step_time import report  # imports torch: only where a step-time part ran
+
+    cut = " — cut at the part's end: the rounds timed so far" if result.get("cut") else ""
+    lines = [f"## step time, {name} ({seconds:.0f} s){cut}", "", report(result)]
+    if result.get("exit"):
+        lines += ["", f"step_time.py exited {result['exit']}:", "", "```", result.get("tail", ""), "```"]
+    return lines
+
+
 def section(state: dict, args, name: str) -> list[str]:
     s, mode = state["suite"], args.device
+    seconds = s["timings"].get(name, 0)
     if name == "tests":
-        t = state["cuda_tests"]
-        counts = ", ".join(f"{n} {k}" for k, n in t["counts"].items()) or "no summary line"
-        line = f"`{' '.join(t['command'][1:])}`: exit {t['returncode']}, {counts} ({t['seconds']} s)"
-        return ["## cuda-marked tests", "", line, "", "```", t["tail"], "```"]
+        return tests_section(state["cuda_tests"]) if state["cuda_tests"] else ["## cuda-marked tests", "", "none ran"]
     if name in state["step_time"]:
-        result = state["step_time"][name]
-        if "error" in result:
-            return [f"## step time, {name}", "", f"{result['error']}:", "", "```", result["tail"], "```"]
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from step_time import report  # imports torch: only where a step-time part ran
-
-        return [f"## step time, {name} ({s['timings'].get(name, 0):.0f} s)", "", report(result)]
+        return step_time_section(name, state["step_time"][name], seconds)
     if name in state["jobs"]:
         pair = state["jobs"][name]
-        lines = [f"## {name} ({s['timings'].get(name, 0):.0f} s)", ""] + setting_table(mode, state["comparison"][name])
+        lines = [f"## {name} ({seconds:.0f} s)", ""] + setting_table(mode, state["comparison"].get(name, []))
         lines += [""] + job_notes(pair[mode], mode) + job_notes(pair["estimate"], "estimate")
+        for label, job in ((mode, pair[mode]), ("estimate", pair["estimate"])):
+            if job.get("not_run"):
+                lines.append(f"- {label}: not run (cut at the part's end): {', '.join(job['not_run'])}")
         ref = s["reference_files"].get(name)
         return lines + ([f"- reference file: `{ref}`"] if ref else [])
-    job = state["max_batch"][name]
-    lines = [f"## max batch, {name}, {mode} ({s['timings'].get(name, 0):.0f} s)", ""] + maxbatch_table(job)
-    return lines + [""] + job_notes(job, mode)
+    if name not in state["max_batch"]:
+        return [f"## {name}", "", "nothing recorded"]
+    entry = state["max_batch"][name]
+    lines = [f"## max batch, {name}, {mode} ({seconds:.0f} s)", ""] + maxbatch_table(entry)
+    lines.append("")
+    for i, job in enumerate(entry.get("runs", [])):
+        lines += job_notes(job, f"search {i + 1}")
+        if job.get("not_run"):
+            lines.append(f"  - not run (cut at the part's end): {', '.join(job['not_run'])}")
+    return lines
 
 
 def render(state: dict, args) -> str:
-    names = (["tests"] if state["cuda_tests"] else []) + list(state["jobs"]) + list(state["step_time"])
-    names += list(state["max_batch"])
+    names = (["tests"] if state["cuda_tests"] else []) + list(state["jobs"]) + list(state["max_batch"])
+    names += list(state["step_time"])
     lines = header(state, args)
     for name in names:
         lines += [""] + section(state, args, name)

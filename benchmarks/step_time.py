@@ -3,7 +3,7 @@
 Usage:
   PYTHONPATH=.:benchmarks python benchmarks/step_time.py --device cuda --models t5-base t5-large minilm
   PYTHONPATH=.:benchmarks python benchmarks/step_time.py --device cpu --models bert-base --batch 8 --seq 128
-  ... [--dtype fp32|bf16|bf16-weights] [--methods full wtacrs@0.3 ...] [--compile] [--json FILE]
+  ... [--dtype fp32|bf16|bf16-weights] [--methods full wtacrs@0.3 ...] [--compile [--compile-mode M]] [--json FILE]
 
 Each method's model is built by the profiler (`profiler.measure.build_trial`: the preset's config,
 random weights from the same seed, the method applied by `profiler.methods`; `minilm` is the
@@ -11,8 +11,10 @@ all-MiniLM-L6-v2 architecture), with the AdamW users get by default. A step is f
 the optimizer step. All methods stay built, and the steps go round-robin (full, wtacrs@0.3, lora, ...,
 then again), so drift in clocks or machine load hits every method alike and the ratios are side by
 side. On CUDA each step is timed with CUDA events and synchronised before the next method's step.
-`--compile` runs each model under torch.compile (`model = torch.compile(model)`, inductor), compiled
-in its own warm-up steps (`profiler.compiled.compile_step`) before the timed ones.
+`--compile` runs each model under torch.compile (`model = torch.compile(model)`, inductor; `--compile-mode
+reduce-overhead` for CUDA graphs), compiled in its own warm-up steps (`profiler.compiled.compile_step`)
+before the timed ones. `--json` is rewritten after the builds and after every timed round (each
+method's times so far, `rounds_timed`, `complete`), so a run killed at a deadline keeps what it timed.
 
 Prints, per model, the median step time, its ratio to full and (for lora+... methods) to lora, and
 checks the bars the issue set where the run matches their setting (model, device, batch, length 128).
@@ -135,7 +137,10 @@ def timed_step(t: Timed, cuda: bool) -> None:
     t.cpu_times.append(time.process_time() - c0)
 
 
-def run_model(name: str, args) -> dict:
+def run_model(name: str, args, on_update=None) -> dict:
+    """Every method of `args.methods` built, warmed up, then timed round-robin. `on_update(result)`
+    gets the result so far after the builds and after every timed round (each method's times up
+    to then), so a run cut short keeps what it timed."""
     preset = ALIASES.get(name, name)
     batch = args.batch or DEFAULT_BATCH.get(name, 8)
     spec = make_spec(preset, args, batch)
@@ -144,14 +149,30 @@ def run_model(name: str, args) -> dict:
     if args.compile:
         torch._dynamo.reset()
     methods = {method: Timed() for method in args.methods}
+    info = {"model": name, "preset": preset, "batch": batch, "seq": args.seq, "dtype": args.dtype}
+    info |= {
+        "device": args.device,
+        "compiled": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
+    }
+    info |= {"steps": args.steps, "warmup": args.warmup}
+    counters = {"graphs": 0, "retries": 0, "rounds": 0}
+
+    def update(final: bool = False) -> dict:
+        out = summarize(info, methods, counters, cuda, final)
+        if on_update:
+            on_update(out)
+        return out
+
     for method, t in methods.items():
         try:
             t.trial = build(spec, method, device)
             if args.compile:  # each compiled in its own warm-up steps, none dropping another's graphs
-                t.compile = compile_step(t.trial, reset=False)
+                t.compile = compile_step(t.trial, reset=False, **compile_kwargs(args))
                 print(f"  {name} {method}: compiled in {t.compile['compile_s']:.1f} s", file=sys.stderr)
         except Exception as err:  # recorded; the other methods still run
             t.fail(err)
+        update()
     running = [t for t in methods.values() if t.trial is not None]
 
     def each(action) -> None:
@@ -171,40 +192,43 @@ def run_model(name: str, args) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
-    graphs = compiled_graphs()
+        counters["retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+    counters["graphs"] = compiled_graphs()
     for i in range(args.steps):  # round-robin: one step of each method, then the next round
         each(lambda t: timed_step(t, cuda))
+        counters["rounds"] = i + 1
         print(f"  {name}: round {i + 1}/{args.steps}", file=sys.stderr, flush=True)
+        update()
+    out = update(final=True)
+    methods.clear()
+    free_cached()
+    return out
+
+
+def summarize(info: dict, methods: dict[str, Timed], counters: dict, cuda: bool, final: bool) -> dict:
+    """The result so far: each method's times, median and ratios (a method built but not timed yet is
+    `pending`)."""
     # compiled: a graph compiled while timing means a timed step compiled (a warm-up too short, a guard
     # that fails every step); eager: 0
-    recompiles = compiled_graphs() - graphs
-    out = {
-        "model": name,
-        "preset": preset,
-        "batch": batch,
-        "seq": args.seq,
-        "dtype": args.dtype,
-        "device": args.device,
-        "compiled": args.compile,
-        "recompiles_timed": recompiles,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "methods": {},
-    }
-    if cuda:
+    recompiles = compiled_graphs() - counters["graphs"] if counters["rounds"] else 0
+    out = info | {"recompiles_timed": recompiles, "rounds_timed": counters["rounds"], "complete": final, "methods": {}}
+    if cuda and counters["rounds"]:
         out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
         # allocator retries while timing (every model resident at once): each is a cudaFree/cudaMalloc
         # inside a step, and slows the step it lands in
-        out["alloc_retries_timed"] = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries
+        out["alloc_retries_timed"] = torch.cuda.memory_stats().get("num_alloc_retries", 0) - counters["retries"]
     for method, t in methods.items():
         if t.error is not None:
             out["methods"][method] = {"error": t.error} | t.compile
             continue
-        med = statistics.median(t.times)
-        row = {"median_s": med, "min_s": min(t.times), "max_s": max(t.times), "times_s": t.times}
+        if not t.times:
+            out["methods"][method] = {"pending": "built, not timed yet" if t.trial else "not built yet"} | t.compile
+            continue
+        times = list(t.times)
+        med = statistics.median(times)
+        row = {"median_s": med, "min_s": min(times), "max_s": max(times), "times_s": times}
         if t.cpu_times:
-            row |= {"cpu_median_s": statistics.median(t.cpu_times), "cpu_times_s": t.cpu_times}
+            row |= {"cpu_median_s": statistics.median(t.cpu_times), "cpu_times_s": list(t.cpu_times)}
         out["methods"][method] = row | t.compile
     timed = {m: r for m, r in out["methods"].items() if "median_s" in r}
     for method, row in timed.items():
@@ -214,9 +238,13 @@ def run_model(name: str, args) -> dict:
                 if "cpu_median_s" in row:
                     row[f"x_{ref}_cpu_time"] = row["cpu_median_s"] / timed[ref]["cpu_median_s"]
     out["bars"] = check_bars(out)
-    methods.clear()
-    free_cached()
     return out
+
+
+def compile_kwargs(args) -> dict:
+    # torch.compile's mode ("reduce-overhead": CUDA graphs); only passed when asked for, so a
+    # compile_step without the keyword still serves the default
+    return {"mode": args.compile_mode} if args.compile_mode else {}
 
 
 def check_bars(result: dict) -> list[dict]:
@@ -237,11 +265,15 @@ def check_bars(result: dict) -> list[dict]:
 
 
 def report(result: dict) -> str:
-    mode = "compiled (torch.compile)" if result["compiled"] else "eager"
+    mode = "eager"
+    if result["compiled"]:
+        mode = f"compiled (torch.compile, mode {result.get('compile_mode') or 'default'})"
+    rounds = result.get("rounds_timed", result["steps"])
+    done = "" if rounds == result["steps"] else f" ({rounds} of {result['steps']} rounds timed)"
     lines = [
         f"## {result['model']} ({result['preset']}), batch {result['batch']}, length {result['seq']}, "
         f"{result['dtype']}, {result['device']}, {mode}",
-        f"{result['steps']} timed steps per method after {result['warmup']} warm-up, round-robin",
+        f"{result['steps']} timed steps per method after {result['warmup']} warm-up, round-robin{done}",
         "",
     ]
     cpu = result["device"] == "cpu"
@@ -252,8 +284,9 @@ def report(result: dict) -> str:
         "|---|" + "---:|" * (len(ratio_keys) + 3),
     ]
     for method, r in result["methods"].items():
-        if "error" in r:
-            lines.append(f"| {method} | {r['error'][:120]} |" + " |" * (len(ratio_keys) + 2))
+        if "error" in r or "pending" in r:
+            why = r.get("error") or r["pending"]
+            lines.append(f"| {method} | {why[:120]} |" + " |" * (len(ratio_keys) + 2))
             continue
         ratios = [f"{r[k]:.3f}x" if k in r else "" for k in ratio_keys]
         ms = [f"{1000 * r[k]:,.1f}" for k in ("median_s", "min_s", "max_s")]
@@ -287,6 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per method")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per method first (after compiling)")
     ap.add_argument("--compile", action="store_true", help="torch.compile each model (inductor)")
+    ap.add_argument(
+        "--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], help="torch.compile's mode"
+    )
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -301,13 +337,21 @@ def main(argv: list[str] | None = None) -> dict:
     where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
     result = {"machine": machine(), "device_name": where, "argv": sys.argv if argv is None else argv, "models": []}
     print(f"# Step time, methods side by side; {where}; {result['machine']}", flush=True)
+
+    def write(partial: dict | None = None) -> None:
+        # after the builds and after every timed round: a run killed mid-way leaves what it timed
+        if args.json:
+            models = result["models"] + ([partial] if partial is not None else [])
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.json.with_name(args.json.name + ".part")
+            tmp.write_text(json.dumps(result | {"models": models}, indent=1))
+            tmp.replace(args.json)  # never half a file
+
     with limit:
         for name in args.models:
-            result["models"].append(run_model(name, args))
+            result["models"].append(run_model(name, args, on_update=write))
             print("\n" + report(result["models"][-1]), flush=True)
-            if args.json:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(result, indent=1))
+            write()
     return result
 
 

@@ -73,6 +73,10 @@ def _saver_from_frames(depth: int = 4) -> str | None:
         if frame is None or frame.f_code is _TORCH_FUNCTION:
             return None
         if frame.f_code is _APPLY:
+            caller = frame.f_back
+            if caller is not None and caller.f_code.co_filename.endswith(_CHECKPOINT):
+                # a Function checkpoint applies to hold a region's inputs (NoopSaveInputs, torch 2.11)
+                return "checkpoint_inputs"
             return _function_name(frame)
         if frame.f_code.co_filename.endswith(_CHECKPOINT):
             return "checkpoint_inputs"
@@ -96,8 +100,29 @@ def _function_name(apply_frame) -> str:
             if isinstance(op, torch._ops.OpOverload):
                 return f"{op._namespace}::{op._opname}"
             caller = caller.f_back
+        # torch 2.11's autograd_impl does not read `op` itself (no local then): the generated
+        # Function's forward closes over it (through supports_tensorlist's wrapper, where there is one)
+        op = _closure_op(getattr(cls, "forward", None))
+        if op is not None:
+            return f"{op._namespace}::{op._opname}"
         return name[len(_GENERATED) :].removesuffix("_default")
     return name.lstrip("_")
+
+
+def _closure_op(fn, depth: int = 3):
+    """The OpOverload a function closes over, looking through up to `depth` nested closures."""
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, torch._ops.OpOverload):
+            return value
+        if depth and callable(value) and getattr(value, "__closure__", None):
+            found = _closure_op(value, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 class AttributingCounter(SavedTensorCounter):

@@ -38,19 +38,20 @@ def graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
-def compile_step(trial: Trial, reset: bool = True) -> dict:
+def compile_step(trial: Trial, reset: bool = True, mode: str | None = None) -> dict:
     """`model = torch.compile(model)` as users write it (dynamic=False: one graph per batch shape), then
     forward and backward until a step compiles nothing new. The first step compiles; the second may
     recompile for state the first created (the layers' gradient-norm tables, a config field transformers
     sets on its first forward). No optimizer step runs and the gradients are dropped, so the first
     measured step is still one before any optimizer state exists, and it compiles nothing.
     `reset` first drops whatever was compiled before (a trial's rule); a caller keeping several
-    trials compiled side by side (benchmarks/step_time.py) passes False."""
+    trials compiled side by side (benchmarks/step_time.py) passes False. `mode` is torch.compile's
+    ("reduce-overhead": CUDA graphs); None leaves it out."""
     backend = os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
     if reset:
         torch._dynamo.reset()  # nothing compiled for an earlier trial is reused (or kept alive) by this one
     before, breaks = compiled_graphs(), graph_breaks()
-    trial.compiled = torch.compile(trial.model, backend=backend, dynamic=False)
+    trial.compiled = torch.compile(trial.model, backend=backend, dynamic=False, **({"mode": mode} if mode else {}))
     cuda = trial.device.type == "cuda"
     t0 = time.perf_counter()
     steps = 0

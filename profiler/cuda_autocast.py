@@ -5,8 +5,15 @@ differ from CUDA's in what they keep for backward: CUDA runs softmax, layer norm
 friends in fp32 (a bf16 model's attention probabilities are then saved in fp32), the CPU leaves them
 in bf16. While `cuda_autocast()` is active, the AutocastCPU dispatch key runs CUDA's policies
 instead: the ops CUDA's autocast wraps get CUDA's wrapper, the ops only the CPU's wraps fall
-through (as on CUDA, a composite among them is then cast op by op inside). The lists are ATen's (`ATen/autocast_mode.h`, torch 2.13);
-`tests/profiler/test_cuda_autocast.py` checks them against the installed torch.
+through (as on CUDA, a composite among them is then cast op by op inside).
+
+Which ops CUDA's autocast wraps is read from the running torch's dispatcher (every build registers
+the AutocastCUDA kernels, CPU builds too); how each is cast is not, so the policies are ATen's lists
+(`ATen/autocast_mode.h`, torch 2.13) below, by op. An op the running torch wraps under another
+overload takes the policy its base op has in the lists (torch 2.11 also wraps the Dimname overloads,
+`softmax.Dimname`, `sum.dim_DimnameList`, ...), and an op it does not wrap is left out (2.11 has no
+`rms_norm` rule: its composite is cast op by op, as on a 2.11 GPU). `tests/profiler/test_cuda_autocast.py`
+checks that every op the installed torch wraps has a policy.
 """
 
 from __future__ import annotations
@@ -40,9 +47,16 @@ FP32_SET_OPT_DTYPE = (
     "prod prod.dim_int softmax.int log_softmax.int cumprod cumsum linalg_vector_norm linalg_matrix_norm "
     "linalg_matrix_norm.str_ord sum sum.dim_IntList"
 ).split()
-FP32_APPEND_DTYPE = {"norm.Scalar": "ScalarOpt_dtype", "norm.ScalarOpt_dim": "ScalarOpt_dim_dtype"}
+# the fp32 overload each is redispatched to, with dtype=float32 appended
+FP32_APPEND_DTYPE = {
+    "norm.Scalar": "ScalarOpt_dtype",
+    "norm.ScalarOpt_dim": "ScalarOpt_dim_dtype",
+    "norm.names_ScalarOpt_dim": "names_ScalarOpt_dim_dtype",  # torch < 2.12
+}
 PROMOTE = "addcdiv addcmul atan2 bilinear cross dot vdot grid_sampler index_put tensordot scatter_add".split()
 BANNED = ("binary_cross_entropy",)  # CUDA's autocast refuses it: its kernel raises
+# wrapped outside ATen's lists: torch < 2.12 casts cuDNN's RNN to the lower precision (AutocastRNN.cpp)
+ELSEWHERE = {"_cudnn_rnn": "lower"}
 
 _KEY = torch._C.DispatchKey.AutocastCPU
 
@@ -121,15 +135,38 @@ def _banned(*args, **kwargs):
     )
 
 
-def policies() -> dict[str, str]:
+def _listed() -> dict[str, str]:
+    """ATen's lists as {op name: policy}, every op that any supported torch wraps."""
     table = {n: "lower" for n in LOWER_PRECISION} | {n: "fp32" for n in FP32}
     table |= {n: "set_opt_dtype" for n in FP32_SET_OPT_DTYPE} | {n: "promote" for n in PROMOTE}
-    return table | {n: "append_dtype" for n in FP32_APPEND_DTYPE} | {n: "banned" for n in BANNED}
+    table |= {n: "append_dtype" for n in FP32_APPEND_DTYPE} | {n: "banned" for n in BANNED}
+    return table | ELSEWHERE
+
+
+def _wrapped(key: str) -> list[str]:
+    """The aten ops (name.overload) with a kernel for dispatch key `key` in the running torch."""
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("aten::")]
+    return [n[len("aten::") :] for n in names if torch._C._dispatch_has_kernel_for_dispatch_key(n, key)]
+
+
+def _policy_of(name: str, listed: dict[str, str]) -> str | None:
+    if name in listed:
+        return listed[name]
+    # another overload of a listed op (a Dimname one): the policy all its listed overloads share
+    base = name.partition(".")[0]
+    found = {policy for op, policy in listed.items() if op.partition(".")[0] == base}
+    return found.pop() if len(found) == 1 and "append_dtype" not in found else None
+
+
+def policies() -> dict[str, str]:
+    """{op: policy} for every op the running torch's CUDA autocast wraps; "unknown" for one no list
+    covers (tests/profiler/test_cuda_autocast.py fails on it; at run time it is left to the CPU's rule)."""
+    listed = _listed()
+    return {name: _policy_of(name, listed) or "unknown" for name in sorted(_wrapped("AutocastCUDA"))}
 
 
 def _cpu_wrapped() -> list[str]:
-    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("aten::")]
-    return [n[len("aten::") :] for n in names if torch._C._dispatch_has_kernel_for_dispatch_key(n, "AutocastCPU")]
+    return _wrapped("AutocastCPU")
 
 
 @contextlib.contextmanager
@@ -151,6 +188,8 @@ def cuda_autocast():
                 try:
                     _op(name)
                 except AttributeError:  # not every build has every op
+                    continue
+                if policy == "unknown":  # no list says how: the CPU's rule stays
                     continue
                 lib.impl(name, _banned if policy == "banned" else _kernel(name, policy), "AutocastCPU")
             for name in cpu_only:

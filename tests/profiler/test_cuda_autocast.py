@@ -13,8 +13,35 @@ def _wrapped(key: str) -> set[str]:
 
 
 def test_the_lists_are_the_installed_torchs():
-    # the dispatcher knows which ops CUDA's autocast wraps (not how): ours must be exactly those
-    assert set(policies()) == _wrapped("AutocastCUDA")
+    # the dispatcher knows which ops CUDA's autocast wraps (not how): ours are exactly those, each
+    # with a policy from ATen's lists (torch 2.11's Dimname overloads take their base op's)
+    table = policies()
+    assert set(table) == _wrapped("AutocastCUDA")
+    assert not [op for op, policy in table.items() if policy == "unknown"]
+    for op, policy in {"mm": "lower", "softmax.int": "set_opt_dtype", "layer_norm": "fp32", "rms_norm": "fp32",
+                       "norm.Scalar": "append_dtype", "addcmul": "promote", "binary_cross_entropy": "banned",
+                       "softmax.Dimname": "set_opt_dtype", "sum.dim_DimnameList": "set_opt_dtype"}.items():  # fmt: skip
+        assert table.get(op, policy) == policy, op  # where the installed torch wraps it
+
+
+def test_the_policies_follow_the_running_torchs_op_set(monkeypatch):
+    """A torch whose CUDA autocast lacks an op (2.11: rms_norm) or wraps another overload
+    (2.11: softmax.Dimname, norm.names_ScalarOpt_dim) gets exactly its own set."""
+    import profiler.cuda_autocast as ca
+
+    real = ca._wrapped
+
+    def older(key):
+        names = real(key)
+        if key != "AutocastCUDA":
+            return names
+        return [n for n in names if n != "rms_norm"] + ["softmax.Dimname", "norm.names_ScalarOpt_dim", "novel_op"]
+
+    monkeypatch.setattr(ca, "_wrapped", older)
+    table = policies()
+    assert "rms_norm" not in table
+    assert table["softmax.Dimname"] == "set_opt_dtype" and table["norm.names_ScalarOpt_dim"] == "append_dtype"
+    assert table["novel_op"] == "unknown"
 
 
 def _dtypes():

@@ -57,8 +57,28 @@ def _compare_with_eager(family: str, config: WTACRSConfig, backend: str = "aot_e
     breaks = counters["graph_break"]
     count = sum(breaks.values())
     torch._dynamo.reset()
-    assert count == 0, dict(breaks)
+    # The one known break, outside our code: where Dynamo cannot trace copy.deepcopy (torch 2.11;
+    # 2.13 can), T5's decoder breaks building its caches in training (DynamicCache(config=...) ->
+    # config.get_text_config(decoder=True) copies the flat T5Config), once per cache: self- and
+    # cross-attention, 2 a step, 4 in these 2 steps. Nothing else may break.
+    known = 4 if family == "t5" and _dynamo_breaks_on_config_deepcopy() else 0
+    assert count == known and all("copy.deepcopy" in reason for reason in breaks), dict(breaks)
     assert graphs[1] == graphs[0], "the second compiled step compiled again"
+
+
+def _dynamo_breaks_on_config_deepcopy() -> bool:
+    """Whether this torch's Dynamo breaks on copy.deepcopy of a T5Config (what T5's cache set-up does)."""
+    from torch._dynamo.utils import counters
+    from transformers import T5Config
+
+    config = T5Config(d_model=8, num_layers=1, num_heads=1, d_ff=8, vocab_size=8)
+    torch._dynamo.reset()
+    counters.clear()
+    torch.compile(lambda x: x * config.get_text_config(decoder=True).d_model, backend="eager")(torch.ones(1))
+    found = any("copy.deepcopy" in reason for reason in counters["graph_break"])
+    torch._dynamo.reset()
+    counters.clear()
+    return found
 
 
 @pytest.mark.parametrize(
@@ -98,7 +118,7 @@ def test_inductor_compiles_the_patched_model_to_eager_gradients(family):
 def test_marks_and_shared_samples_do_not_cross_a_graph_boundary():
     """An eager mark is not honoured by compiled code, nor a compiled one by eager code; a sample
     shared while compiling never serves an eager layer (and the other way round)."""
-    from wtacrs import rows
+    from wtacrs import row_sources as rows
 
     x = torch.randn(2, 3, 4, requires_grad=True)
     y = x * 2
