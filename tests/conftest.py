@@ -1,16 +1,27 @@
+"""Suite-wide hooks. torch is imported only where a test needs it: the app's tests run without it
+(the server never imports torch), and importing it costs every app-only run a few seconds."""
+
+import sys
+
 import pytest
-import torch
 
 
 def pytest_collection_modifyitems(config, items):
+    cuda_items = [item for item in items if "cuda" in item.keywords]
+    if not cuda_items:
+        return
+    import torch
+
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device (none visible to torch)")
-        for item in items:
-            if "cuda" in item.keywords:
-                item.add_marker(skip)
+        for item in cuda_items:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
 def _seed():
-    torch.manual_seed(0)
+    # a test module that uses torch imported it when it was collected, before any fixture runs
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)
     yield

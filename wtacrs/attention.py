@@ -10,14 +10,18 @@ Precision: with 16-bit inputs the scores, softmax, log-sum-exp (saved as fp32), 
 reduction and the bias gradient's batch sum run in fp32; only the matmul operands are 16-bit, as
 in eager attention. Its output and q/k/v/bias gradients are 0.75-0.88x eager's error against fp32
 (tests/wtacrs/test_attention_precision.py).
+
+The two ops' arguments have specs, `AttentionArgs` and `AttentionBackwardArgs` (`dispatch.arguments`).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from .dispatch import call, register_autograd
+from .dispatch import arguments, call, grads, register_autograd
 from .savers import pack_bits, unpack_bits
 
 NAME = "wtacrs_memeff"
@@ -94,12 +98,27 @@ def attention_op(
     return _attention_forward(q, k, v, mask, bias, scaling, p, causal, groups, out_dtype)
 
 
+@arguments(attention_op)
+class AttentionArgs(NamedTuple):
+    q: Tensor  # [B, H, L, D]
+    k: Tensor  # [B, H / groups, L, D]
+    v: Tensor
+    mask: Tensor | None  # bool (True: attend) or additive
+    bias: Tensor | None  # an additive position bias (T5), which may need a gradient
+    scaling: float
+    p: float  # dropout probability
+    causal: bool
+    groups: int  # query heads per key/value head
+    out_dtype: torch.dtype
+
+
 @attention_op.register_fake
-def _(q, k, v, mask, bias, scaling, p, causal, groups, out_dtype):
-    b, h, lq, _ = q.shape
-    out = q.new_empty((b, lq, h, v.shape[-1]), dtype=out_dtype)
-    lse = q.new_empty((b, h, lq, 1), dtype=torch.promote_types(q.dtype, torch.float32))
-    bits = q.new_empty(-(-(b * h * lq * k.shape[2]) // 8) if p > 0.0 else 0, dtype=torch.uint8)
+def _(*args):
+    a = AttentionArgs._make(args)
+    b, h, lq, _ = a.q.shape
+    out = a.q.new_empty((b, lq, h, a.v.shape[-1]), dtype=a.out_dtype)
+    lse = a.q.new_empty((b, h, lq, 1), dtype=torch.promote_types(a.q.dtype, torch.float32))
+    bits = a.q.new_empty(-(-(b * h * lq * a.k.shape[2]) // 8) if a.p > 0.0 else 0, dtype=torch.uint8)
     return out, lse, bits
 
 
@@ -152,35 +171,61 @@ def _attention_backward(grad_out, q, k, v, mask, bias, lse, bits, scaling, p, ca
     return grad_q, _reduce_kv(grad_k, groups), _reduce_kv(grad_v, groups), grad_bias
 
 
+@arguments(attention_backward_op)
+class AttentionBackwardArgs(NamedTuple):
+    grad_out: Tensor  # [B, L, H, D], as the forward's output
+    q: Tensor  # q to groups: `AttentionArgs`' fields of the same names
+    k: Tensor
+    v: Tensor
+    mask: Tensor | None
+    bias: Tensor | None
+    lse: Tensor  # the forward's log-sum-exp
+    bits: Tensor  # the forward's dropout keep bits, or [0]
+    scaling: float
+    p: float
+    causal: bool
+    groups: int
+    need_bias: bool
+    autocast_device: str  # the autocast state the forward ran under
+    autocast_dtype: torch.dtype
+    autocast_enabled: bool
+
+
 @attention_backward_op.register_fake
-def _(grad_out, q, k, v, mask, bias, lse, bits, scaling, p, causal, groups, need_bias, *autocast):
+def _(*args):
+    a = AttentionBackwardArgs._make(args)
     # contiguous, as the real op returns them: q/k/v arrive as transposed views, and a fake that
     # copied their strides would let a compiled backward view the real gradients wrongly
-    grad_bias = bias.new_empty(bias.shape) if need_bias else q.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_bias
+    grad_bias = a.bias.new_empty(a.bias.shape) if a.need_bias else a.q.new_empty(0)
+    return a.q.new_empty(a.q.shape), a.k.new_empty(a.k.shape), a.v.new_empty(a.v.shape), grad_bias
 
 
 def _setup_attention(ctx, inputs, output):
-    q, k, v, mask, bias, scaling, p, causal, groups, _ = inputs
+    a = AttentionArgs._make(inputs)
     _, lse, bits = output
     ctx.mark_non_differentiable(lse, bits)
     ctx.set_materialize_grads(False)
-    ctx.meta = (scaling, p, causal, groups)
-    dev = q.device.type
-    ctx.autocast = (dev, torch.get_autocast_dtype(dev), torch.is_autocast_enabled(dev))
-    ctx.save_for_backward(q, k, v, mask, bias, lse, bits if p > 0.0 else None)
+    dev = a.q.device.type
+    # the scalars backward passes on to `attention_backward_op`, by its argument names
+    ctx.passed_on = dict(
+        scaling=a.scaling, p=a.p, causal=a.causal, groups=a.groups, autocast_device=dev,
+        autocast_dtype=torch.get_autocast_dtype(dev), autocast_enabled=torch.is_autocast_enabled(dev),
+    )  # fmt: skip
+    ctx.save_for_backward(a.q, a.k, a.v, a.mask, a.bias, lse, bits if a.p > 0.0 else None)
 
 
 def _attention_autograd(ctx, grad_out, _lse_grad, _bits_grad):
     q, k, v, mask, bias, lse, bits = ctx.saved_tensors
     if grad_out is None:
-        return (None,) * 10
-    need_bias = bias is not None and ctx.needs_input_grad[4]
+        return grads(AttentionArgs)
+    need_bias = bias is not None and AttentionArgs._make(ctx.needs_input_grad).bias
     bits = bits if bits is not None else lse.new_empty(0, dtype=torch.uint8)
-    grad_q, grad_k, grad_v, grad_bias = call(
-        attention_backward_op, grad_out, q, k, v, mask, bias, lse, bits, *ctx.meta, need_bias, *ctx.autocast
-    )
-    return (grad_q, grad_k, grad_v, None, grad_bias if need_bias else None) + (None,) * 5
+    args = AttentionBackwardArgs(
+        grad_out=grad_out, q=q, k=k, v=v, mask=mask, bias=bias, lse=lse, bits=bits, need_bias=need_bias,
+        **ctx.passed_on,
+    )  # fmt: skip
+    grad_q, grad_k, grad_v, grad_bias = call(attention_backward_op, *args)
+    return grads(AttentionArgs, q=grad_q, k=grad_k, v=grad_v, bias=grad_bias if need_bias else None)
 
 
 register_autograd(attention_op, _attention_autograd, _setup_attention)
@@ -196,7 +241,10 @@ def _out_dtype(q: Tensor, v: Tensor) -> torch.dtype:
 
 def attention(q, k, v, mask=None, bias=None, scaling=1.0, p=0.0, causal=False, groups=1) -> Tensor:
     """Exact attention, [B, H, L, D] in and [B, L, H, D] out."""
-    args = (q, k, v, mask, bias, float(scaling), float(p), bool(causal), int(groups), _out_dtype(q, v))
+    args = AttentionArgs(
+        q, k, v, mask, bias, scaling=float(scaling), p=float(p), causal=bool(causal), groups=int(groups),
+        out_dtype=_out_dtype(q, v),
+    )  # fmt: skip
     return call(attention_op, *args)[0]
 
 

@@ -16,6 +16,13 @@ directly in plain eager code, and their reference code op by op on fake tensors.
   a real device (an fp32 copy of a 16-bit input, the L x L attention probabilities), and its peaks
   would come out low or at the wrong moment. So there each op runs its reference code as
   separate ops, under the same kind of autograd.Function.
+
+An op with many arguments has an argument spec: a NamedTuple whose fields are the op's parameters
+in schema order (`arguments` checks that when the class is defined). A caller packs a call by
+keyword, `call(op, *Spec(x=..., ...))`; the fake implementation, the CUDA implementation,
+`setup_context` and the backward unpack by name, `Spec._make(args)` (and
+`Spec._make(ctx.needs_input_grad)`); a backward returns `grads(Spec, x=..., ...)`, None for every
+argument not named. A schema is flat (tensors, lists of tensors, scalars), so the spec is too.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 _FORMULAS: dict = {}  # custom op -> (setup_context, backward)
 _CUDA: dict = {}  # custom op -> its CUDA implementation (register_cuda)
 _FUNCTIONS: dict = {}  # (custom op, "reference" | "cuda") -> its autograd.Function
+SPECS: dict = {}  # custom op -> its argument spec (arguments)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 # False: every call goes through the dispatcher, as under a dispatch mode (tests compare the two)
 DIRECT = True
@@ -37,6 +45,30 @@ DIRECT = True
 def register_autograd(op, backward, setup_context) -> None:
     op.register_autograd(backward, setup_context=setup_context)
     _FORMULAS[op] = (setup_context, backward)
+
+
+def arguments(op):
+    """Class decorator: the NamedTuple it decorates is `op`'s argument spec (module docstring). Its
+    fields must be the op's parameters, names and order, or this raises: the two cannot drift."""
+
+    def check(spec):
+        names = tuple(a.name for a in op._opoverload._schema.arguments)
+        if spec._fields != names:
+            raise TypeError(f"{spec.__name__} has fields {spec._fields}; {op._opoverload} takes {names}")
+        SPECS[op] = spec
+        return spec
+
+    return check
+
+
+def grads(spec, **given) -> tuple:
+    """What an autograd formula returns for an op with argument spec `spec`: the gradients `given`
+    by argument name (a list of tensors' gradient: a list, of None where there is none) and None for
+    every other argument. The padding comes from the spec, never from counting."""
+    unknown = given.keys() - set(spec._fields)
+    if unknown:
+        raise TypeError(f"{spec.__name__} has no argument {sorted(unknown)}")
+    return tuple(given.get(name) for name in spec._fields)
 
 
 def register_cuda(op):

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import linear_ops
-from . import rows as row_sources
+from . import linear_ops, row_sources
 from .config import WTACRSConfig
 from .dispatch import call
 from .norms import GradNormTracker
@@ -32,7 +31,6 @@ def _autocast_copy(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None
 
 
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
-_NO_SOURCE = ("", None, None, 0.0, None)
 _TRACED = "traced"
 
 
@@ -57,7 +55,7 @@ class WTACRSLinear(nn.Module):
     Forward and the input/bias gradients are exact. For the weight gradient only
     k = max(min_k, ceil(ratio * N)) of the N input rows are kept (already scaled, with int32
     indices); layers reading the same tensor share one sample and one copy, and when the
-    input's producer already keeps what recomputes it (see `wtacrs.rows`), only indices are kept.
+    input's producer already keeps what recomputes it (see `wtacrs.row_sources`), only indices are kept.
     """
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, config: WTACRSConfig, transposed: bool = False):
@@ -126,11 +124,12 @@ class WTACRSLinear(nn.Module):
         x_cast = _autocast_copy(x, dtype)  # autograd casts its gradient back, as for F.linear's
         with torch.no_grad():  # copies for the forward product; the gradient goes to the weight itself
             cast_w, cast_b = _autocast_copy(self.weight, dtype), _autocast_copy(self.bias, dtype)
-        src = _NO_SOURCE if source is None else (source.kind, source.weight, source.bias, source.eps, source.dtype)
-        return call(
-            linear_ops.linear, x if x_cast is None else x_cast, self.weight, self.bias, cast_w, cast_b, saved, mode, self.transposed, *src,
-            self.tracker.handle, ids,
+        args = linear_ops.LinearArgs(
+            x=x if x_cast is None else x_cast, weight=self.weight, bias=self.bias, cast_weight=cast_w, cast_bias=cast_b,
+            saved=saved, kept_as=mode, transposed=self.transposed, **linear_ops.source_args(source),
+            tracker=self.tracker.handle, ids=ids,
         )  # fmt: skip
+        return call(linear_ops.linear, *args)
 
     @torch.no_grad()
     def _sample(self, x: Tensor, n: int, k: int) -> tuple[str, list[Tensor], row_sources.RowSource | None]:
@@ -161,9 +160,11 @@ class WTACRSLinear(nn.Module):
         u = None
         if self.generator is not None and cfg.effective_method != "topk":
             u = torch.rand(k, device=x.device, generator=self.generator, dtype=torch.float32)
-        idx32, scale, kept = call(
-            linear_ops.sample_rows, x, tables, factors, u, k, cfg.effective_method, source is None, _compute_dtype(x)
-        )
+        args = linear_ops.SampleRowsArgs(
+            x=x, tables=tables, factors=factors, u=u, k=k, method=cfg.effective_method, keep_rows=source is None,
+            dtype=_compute_dtype(x),
+        )  # fmt: skip
+        idx32, scale, kept = call(linear_ops.sample_rows, *args)
         if source is not None:
             plan = ("source", [idx32, scale, *source.tensors], source)
         else:

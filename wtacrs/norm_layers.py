@@ -4,16 +4,21 @@ LayerNorm already keeps only its input (plus mean/rstd), so a forward hook just 
 as recomputable. The RMSNorms of T5, LLaMA and Gemma are written in Python and keep 3-4 full
 tensors; FusedRMSNorm computes the same values and keeps the input and 1/rms only. Which class has
 which style is family knowledge (wtacrs.families); how each style computes is here.
+
+Not to be confused with `wtacrs.norms`, the gradient-norm history (||dY_i|| per layer) that the
+sampling probabilities read: these are the model's normalisation layers.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import rows as row_sources
-from .dispatch import call, register_autograd
+from . import row_sources
+from .dispatch import arguments, call, grads, register_autograd
 from .families import RMSNORM_STYLES
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -62,10 +67,19 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, style: str) -> tuple[Tensor,
     return _scaled(style, xf * rstd, weight, x.dtype), rstd
 
 
+@arguments(rms_norm)
+class RmsNormArgs(NamedTuple):
+    x: Tensor
+    weight: Tensor
+    eps: float
+    style: str  # one of wtacrs.families.NORM_STYLES
+
+
 @rms_norm.register_fake
-def _(x, weight, eps, style):
-    y = x.new_empty(x.shape, dtype=_out_dtype(style, x.dtype, weight.dtype))
-    return y, x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+def _(*args):
+    a = RmsNormArgs._make(args)
+    y = a.x.new_empty(a.x.shape, dtype=_out_dtype(a.style, a.x.dtype, a.weight.dtype))
+    return y, a.x.new_empty((*a.x.shape[:-1], 1), dtype=torch.float32)
 
 
 @torch.library.custom_op("wtacrs::rms_norm_backward", mutates_args=())
@@ -84,26 +98,38 @@ def rms_norm_backward(
     return grad_x.to(x.dtype), grad_w
 
 
+@arguments(rms_norm_backward)
+class RmsNormBackwardArgs(NamedTuple):
+    grad: Tensor
+    x: Tensor
+    rstd: Tensor  # the forward's 1/rms
+    weight: Tensor
+    style: str
+    need_w: bool
+
+
 @rms_norm_backward.register_fake
-def _(grad, x, rstd, weight, style, need_w):
-    return torch.empty_like(x), weight.new_empty(weight.shape) if need_w else x.new_empty(0)
+def _(*args):
+    a = RmsNormBackwardArgs._make(args)
+    return torch.empty_like(a.x), a.weight.new_empty(a.weight.shape) if a.need_w else a.x.new_empty(0)
 
 
 def _setup_rms(ctx, inputs, output):
-    x, weight, _, style = inputs
+    a = RmsNormArgs._make(inputs)
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
-    ctx.style = style
-    ctx.save_for_backward(x, output[1], weight)
+    ctx.style = a.style
+    ctx.save_for_backward(a.x, output[1], a.weight)
 
 
 def _rms_backward(ctx, grad, _rstd_grad):
     x, rstd, weight = ctx.saved_tensors
     if grad is None:
-        return None, None, None, None
-    need_w = ctx.needs_input_grad[1]
-    grad_x, grad_w = call(rms_norm_backward, grad, x, rstd, weight, ctx.style, need_w)
-    return grad_x, grad_w if need_w else None, None, None
+        return grads(RmsNormArgs)
+    need_w = RmsNormArgs._make(ctx.needs_input_grad).weight
+    args = RmsNormBackwardArgs(grad=grad, x=x, rstd=rstd, weight=weight, style=ctx.style, need_w=need_w)
+    grad_x, grad_w = call(rms_norm_backward, *args)
+    return grads(RmsNormArgs, x=grad_x, weight=grad_w if need_w else None)
 
 
 register_autograd(rms_norm, _rms_backward, _setup_rms)

@@ -5,6 +5,8 @@ nothing ("activation"), a per-position running mean ("running"), or the paper's 
 cache of the norms seen the last time that example went through ("example"). Any positive g
 keeps the estimator unbiased because the scale uses the same probabilities; g only changes
 the variance. A small floor keeps g_i > 0 where the history says zero.
+
+This is the gradient-norm history; the model's normalisation layers are `wtacrs.norm_layers`.
 """
 
 from __future__ import annotations

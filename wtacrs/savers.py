@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels
-from . import rows as row_sources
+from . import kernels, row_sources
 from .dispatch import call, register_autograd, register_cuda
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)

@@ -9,6 +9,7 @@ from contract.presets import PRESETS
 from contract.spec import JobSpec
 from profiler.runner import run_job
 from profiler.zoo import build_config, make_batch, resolve
+from tests.grid import family_grid
 from wtacrs.families import FAMILIES, family
 
 
@@ -27,10 +28,7 @@ def _job(model, device):
 
 
 # every family traces, OPT's LayerDrop draw included (profiler.measure.real_random_scalars)
-_CASES = [(name, device) for name in sorted(FAMILIES) for device in ("cpu", "estimate")]
-
-
-@pytest.mark.parametrize("name,device", _CASES)
+@pytest.mark.parametrize("name,device", family_grid(FAMILIES, ("cpu", "estimate")))
 def test_every_family_runs_a_job(name, device):
     # the family's tiny test config as overrides: the path a user takes for a model without a preset
     result = _job({"family": name, "overrides": dict(FAMILIES[name].tiny)}, device)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from wtacrs import attention, dispatch, linear_ops, norm_layers, savers
 from wtacrs.estimator import sampling_plan
-from wtacrs.rows import RowSource
+from wtacrs.row_sources import RowSource
 
 # random ops give other values on each run, which the AOT checks compare: those run without them
 DETERMINISTIC_ONLY = ("test_schema", "test_autograd_registration", "test_faketensor")

@@ -11,6 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import wtacrs
+from tests.grid import family_grid
 from tests.wtacrs.models import TINY, inputs, tiny
 from wtacrs import dispatch, savers
 
@@ -50,9 +51,10 @@ def _step(model, family, autocast_dtype, seed, device="cpu"):
     return loss.detach(), grads, sorted(saved)
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["preset", "lora+preset"])
-@pytest.mark.parametrize("dtype", sorted(DTYPES))
-@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize(
+    "family,dtype,lora",
+    family_grid(TINY, sorted(DTYPES), [False, True], ids=[sorted(DTYPES), ["preset", "lora+preset"]]),
+)
 def test_direct_calls_are_the_dispatched_ops(family, dtype, lora, monkeypatch):
     autocast_dtype, weights = DTYPES[dtype]
     whole, direct = _model(family, weights, lora), _model(family, weights, lora)

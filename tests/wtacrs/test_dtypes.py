@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import wtacrs
+from tests.grid import family_grid
 from tests.wtacrs.models import TINY, inputs, tiny
 from wtacrs.patch import _attention_configs
 
@@ -58,9 +59,10 @@ def _model(family, weights, lora, attention="sdpa"):
     return model
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["preset", "lora+preset"])
-@pytest.mark.parametrize("dtype", sorted(DTYPES))
-@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize(
+    "family,dtype,lora",
+    family_grid(TINY, sorted(DTYPES), [False, True], ids=[sorted(DTYPES), ["preset", "lora+preset"]]),
+)
 def test_a_step_in_every_dtype(family, dtype, lora):
     autocast_dtype, weights, eps = DTYPES[dtype]
     exact = _model(family, torch.float32, lora).eval()  # eval: no dropout, the same function each time

@@ -1,4 +1,7 @@
-"""Rows of a tensor that another operator already keeps for its own backward.
+"""Row sources: rows of a tensor that another operator already keeps for its own backward.
+
+(Not the result rows of `contract/rows.py`, which are measurements; a row here is one token's
+feature vector, a row of the flattened [N, features] input of a linear layer.)
 
 A norm or activation whose backward saves enough to recompute its output row by row marks
 that output with a `RowSource`. A WTA-CRS layer reading the marked tensor then keeps only the
