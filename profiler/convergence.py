@@ -51,8 +51,9 @@ def _tensor_bytes(tensors) -> int:
 
 
 @torch.no_grad()
-def evaluate(model, data: Encoded, batch_size: int, amp) -> tuple[float, float]:
-    """(accuracy, mean loss) on `data`, dropout off."""
+def evaluate(model, data: Encoded, batch_size: int, amp) -> tuple[float, float | None]:
+    """(accuracy, mean loss) on `data`, dropout off; the loss None where it is not finite (an fp16
+    overflow), since a result carries finite numbers only."""
     model.eval()
     correct, loss_sum = 0, 0.0
     for start in range(0, len(data), batch_size):
@@ -63,7 +64,8 @@ def evaluate(model, data: Encoded, batch_size: int, amp) -> tuple[float, float]:
         correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         loss_sum += float(out.loss) * len(ids)
     model.train()
-    return correct / len(data), loss_sum / len(data)
+    mean = loss_sum / len(data)
+    return correct / len(data), mean if math.isfinite(mean) else None
 
 
 def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: Callable[[str], None]) -> ConvergenceRow:
@@ -97,9 +99,9 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
     record.__enter__()
     recording = True
     try:
-        lr = conf.adapter_lr if method.adapter else spec.lr
+        lr = conf.adapter_lr if method.adapter or method.meft else spec.lr  # MEFT trains adapters too
         optimizer = make_optimizer(spec.model_copy(update={"lr": lr}), model)
-        if spec.optimizer == "adamw":
+        if spec.optimizer.startswith("adamw"):  # every AdamW implementation decays the same way
             for group in optimizer.param_groups:
                 group["weight_decay"] = conf.weight_decay
         scheduler = _schedule(optimizer, steps_per_epoch * conf.epochs, conf.warmup_fraction)

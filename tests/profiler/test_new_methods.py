@@ -1,0 +1,115 @@
+"""Issue 28's methods in the grammar and the profiler: MEFT (meft1/2/3), activation offloading,
+selective activation checkpointing, on cpu and in the estimate."""
+
+import pytest
+import torch
+
+from contract.methods import EXAMPLES, parse_method
+from contract.spec import JobSpec
+from profiler.methods import apply_method
+from profiler.runner import run_job
+from tests.wtacrs.models import inputs, tiny
+
+BASE = {"seq_len": 32, "steps": 1, "warmup": 0, "measurements": ["peak_memory"], "batch_sizes": [4]}
+NEW = ["meft1", "meft2", "meft3", "offload", "lora+offload", "selective-checkpointing", "lora+selective-checkpointing"]
+
+
+def job(**kw):
+    return run_job(JobSpec.model_validate({**BASE, **kw}), isolate=False).model_dump(mode="json")
+
+
+def test_grammar():
+    m = parse_method("MEFT3@beta=0.05, r=16")
+    assert (m.name, m.meft, m.meft_r, m.meft_beta, m.meft_lambda) == ("meft3@r=16,beta=0.05", "meft3", 16, 0.05, None)
+    assert parse_method("lora+offload").offload and parse_method("lora+offload").adapter == "lora"
+    sac = parse_method("wtacrs@0.3+selective-checkpointing")
+    assert sac.selective_checkpointing and sac.sampler == "wtacrs" and not sac.checkpointing
+    assert "exact" in parse_method("meft1").exactness and parse_method("topk@0.1").exactness == "biased estimate"
+    for bad, why in [
+        ("meft1+lora", "stands alone"),
+        ("meft1@r=0", "outside"),
+        ("meft2@lambda=-1", "outside"),
+        ("meft1@alpha=1", "not one of"),
+        ("meft1@r=8,r=9", "twice"),
+        ("checkpointing+selective-checkpointing", "exclude"),
+        ("offload+checkpointing", "not combined"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_method(bad)
+    assert set(NEW) <= {parse_method(e).name for e in EXAMPLES} | set(NEW)
+    assert JobSpec.model_validate({**BASE, "model": "bert-tiny", "device": "cpu", "methods": NEW}).methods == NEW
+
+
+def test_estimate_of_every_new_method_and_meft_keeps_under_a_third():
+    result = job(model="bert-tiny", methods=["full", *NEW], device="estimate")
+    assert result["status"] == "succeeded", result["errors"]
+    rows = {r["method"]: r for r in result["results"]}
+    full = rows["full"]["activation_bytes"]
+    for m in ("meft1", "meft2", "meft3"):
+        assert rows[m]["activation_bytes"] < 0.3 * full
+    # offloading: nothing saved stays on the (estimated CUDA) device
+    assert rows["offload"]["activation_bytes"] < 0.1 * full
+    assert rows["offload"]["first_step_peak_bytes"] <= rows["full"]["first_step_peak_bytes"]
+    # selective checkpointing keeps the matmul outputs: between checkpointing and full
+    sac = rows["selective-checkpointing"]["activation_bytes"]
+    assert 0 < sac < full
+
+
+@pytest.mark.parametrize("family", ["roberta", "opt", "llama"])
+def test_meft_on_other_families_in_the_estimate(family):
+    from wtacrs.families import FAMILIES
+
+    model = {"family": family, "overrides": dict(FAMILIES[family].tiny)}
+    result = job(model=model, methods=["full", "meft1", "meft3"], device="estimate")
+    assert result["status"] == "succeeded", result["errors"]
+    full, *mefts = result["results"]
+    assert all(r["activation_bytes"] < full["activation_bytes"] for r in mefts)
+
+
+def test_cpu_rows_and_what_offloading_means_there():
+    result = job(
+        model="bert-tiny", methods=["full", "offload", "meft1", "wtacrs@0.3+selective-checkpointing"], device="cpu"
+    )
+    assert result["status"] == "succeeded", result["errors"]
+    rows = {r["method"]: r for r in result["results"]}
+    # on the CPU the saved tensors are already in host memory: offloading moves nothing
+    assert rows["offload"]["activation_bytes"] == rows["full"]["activation_bytes"]
+    assert rows["meft1"]["activation_bytes"] < 0.3 * rows["full"]["activation_bytes"]
+
+
+def test_meft_with_an_unsupported_family_fails_with_a_reason():
+    result = job(model="t5-tiny", methods=["meft1"], device="estimate")
+    assert result["status"] == "failed" and "MEFT supports" in result["errors"][0]
+
+
+@pytest.mark.parametrize("method", ["offload", "selective-checkpointing", "lora+selective-checkpointing"])
+def test_exact_methods_give_the_gradients_of_their_base(method):
+    base = "lora" if method.startswith("lora") else "full"
+    grads = []
+    for name in (base, method):
+        model = apply_method(tiny("bert"), "bert", parse_method(name))
+        torch.manual_seed(0)
+        model(**inputs("bert")).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_specs_refuse_what_cannot_run_with_the_reason():
+    minimal = {**BASE, "methods": ["full"], "device": "cpu"}
+    for model in ("t5-base", {"family": "gpt2"}):
+        with pytest.raises(ValueError, match="MEFT.*support the families.*T5's first layer"):
+            JobSpec.model_validate({**minimal, "model": model, "methods": ["full", "meft1"]})
+    JobSpec.model_validate({**minimal, "model": "bert-tiny", "methods": ["meft1"]})  # a MEFT family
+    sampled = ["wtacrs@0.3+selective-checkpointing"]
+    with pytest.raises(ValueError, match="do not trace yet"):
+        JobSpec.model_validate({**minimal, "model": "bert-tiny", "device": "estimate", "methods": sampled})
+    JobSpec.model_validate({**minimal, "model": "bert-tiny", "methods": sampled})  # cpu runs it
+
+
+def test_the_contract_names_the_families_the_library_supports():
+    from contract.methods import MEFT_FAMILIES
+    from wtacrs.meft_blocks import FAMILIES
+
+    assert sorted(MEFT_FAMILIES) == sorted(FAMILIES)
