@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import zlib
 
 from contract.rows import CATEGORIES
 
@@ -20,6 +21,23 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7
 RED = "#d62728"
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "star", "hexagon", "pentagon")
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+# one colour and dash per method family on every page (job charts, compare, history), so a method
+# reads the same everywhere; a rate ("wtacrs@0.3") draws as its family (its marker tells rates apart)
+METHOD_STYLES = {
+    "full": ("#1f77b4", "solid"),
+    "lora": ("#ff7f0e", "dash"),
+    "checkpointing": ("#2ca02c", "dot"),
+    "wtacrs": ("#9467bd", "dashdot"),
+    "lora+wtacrs": ("#8c564b", "longdash"),
+    "crs": ("#e377c2", "longdashdot"),
+    "topk": ("#7f7f7f", "dash"),
+    "velora": ("#bcbd22", "dot"),
+    "meft1": ("#17becf", "dashdot"),
+    "meft2": ("#17becf", "longdash"),
+    "meft3": ("#17becf", "longdashdot"),
+    "offload": ("#393b79", "dash"),
+    "selective-checkpointing": ("#637939", "dashdot"),
+}
 # activations are what the methods change: drawn first, from zero, in the one saturated colour, so
 # their length compares across methods even where they are a sliver of the total
 BREAKDOWN_ORDER = ("activations", *(c for c in CATEGORIES if c != "activations"))
@@ -154,18 +172,67 @@ def _layout(title: str, xaxis: dict, yaxis: dict, **extra) -> dict:
     }
 
 
+def _stable(text: str) -> int:
+    """The same number for the same text in every process (Python's hash() is salted per process)."""
+    return zlib.crc32(text.encode())
+
+
+def method_name(series: str) -> str:
+    """The method of a trace or series name: 'full · fsdp×8 [cuda]' and 'full (OOM)' are 'full'."""
+    return series.split(" [", 1)[0].split(" · ", 1)[0].split(" (", 1)[0].strip()
+
+
+def method_style(series: str) -> tuple[str, str]:
+    """(colour, dash) of a method, a function of its name alone: the known families a fixed entry (a
+    rate, 'wtacrs@0.3', its family's), any other name a stable hash into the palette, never solid
+    (full's). Never RED, which means OOM and activations."""
+    method = method_name(series)
+    family = method.partition("@")[0]
+    if family in METHOD_STYLES:
+        return METHOD_STYLES[family]
+    h = _stable(method)
+    return PALETTE[h % len(PALETTE)], DASHES[1 + (h // len(PALETTE)) % (len(DASHES) - 1)]
+
+
 def _styles(methods) -> dict[str, dict]:
-    """One look per method, the same in every series of a figure. Each later method is drawn over the
-    earlier ones with a smaller marker of another shape and a thinner, dashed line, so where two
-    methods have the same values both stay visible."""
+    """One look per method: its colour and dash from `method_style`, the same on every page. Each
+    later method in a figure is drawn over the earlier ones with a smaller marker of another shape and
+    a thinner line, so where two methods have the same values both stay visible."""
     out = {}
     for i, method in enumerate(dict.fromkeys(methods)):
-        color = PALETTE[i % len(PALETTE)]
+        color, dash = method_style(method)
         out[method] = {
-            "line": {"color": color, "dash": DASHES[i % len(DASHES)], "width": max(1.5, 3 - 0.5 * i)},
+            "line": {"color": color, "dash": dash, "width": max(1.5, 3 - 0.5 * i)},
             "marker": {"color": color, "symbol": SYMBOLS[i % len(SYMBOLS)], "size": max(5, 12 - 2 * i)},
         }
     return out
+
+
+def ratio_digits(r: float) -> str:
+    """2.4, 1.25, 12.4, 140: three significant digits at most, no trailing zeros."""
+    return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
+
+
+def memory_ratio_words(ratio: float | None, baseline: str) -> str:
+    """`ratio` is the baseline's memory / this one's: '2.5x less memory than full', '1.3x more memory
+    than full', 'same memory as full'; '' where undefined."""
+    if not ratio or not math.isfinite(ratio) or ratio < 0:
+        return ""
+    if ratio_digits(ratio) == "1" or ratio_digits(1 / ratio) == "1":
+        return f"same memory as {baseline}"
+    if ratio > 1:
+        return f"{ratio_digits(ratio)}x less memory than {baseline}"
+    return f"{ratio_digits(1 / ratio)}x more memory than {baseline}"
+
+
+def share_words(ratio: float | None, baseline: str, what: str) -> str:
+    """`ratio` is this / the baseline's, of something more is better of: '0.8x full's tokens/s',
+    'same tokens/s as full'."""
+    if ratio is None or not math.isfinite(ratio) or ratio < 0:
+        return ""
+    if ratio_digits(ratio) == "1":
+        return f"same {what} as {baseline}"
+    return f"{ratio_digits(ratio)}x {baseline}'s {what}"
 
 
 def _line(name: str, xs: list, ys: list, **extra) -> dict:

@@ -23,6 +23,7 @@ from .charts import (
     memory_text,
     memory_unit,
     plotly_safe,
+    share_words,
 )
 from .convergence_charts import accuracy_vs_memory, loss_curves
 from .parallel_charts import parallel_label, per_rank
@@ -80,17 +81,55 @@ def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str,
     }
 
 
+def _target_text(n: float) -> str:
+    """A memory target as it was asked for: '80 GiB', '79.6 GiB' (never '80.0 GiB')."""
+    number, _, unit = memory_text(n).partition(" ")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return f"{number} {unit}".strip()
+
+
+def max_batch_title(
+    parallel: str | None = None,
+    limit_bytes: float | None = None,
+    seq_len: int | None = None,
+    dtype: str | None = None,
+) -> str:
+    """'Largest batch that fits in 80 GiB · length 128 · fp32': what the bars answer, and the
+    conditions a batch size means nothing without; the parts not known left out."""
+    what = "Largest micro-batch per rank that fits" if parallel else "Largest batch that fits"
+    if limit_bytes:
+        what += f" in {_target_text(limit_bytes)}"
+    parts = [what, parallel, f"length {seq_len}" if seq_len else None, dtype]
+    return " · ".join(p for p in parts if p)
+
+
 @plotly_safe
-def max_batch_bars(max_batch: list[MaxBatchRow], parallel: str | None = None) -> dict:
-    """`parallel` ('fsdp×8'): the batches are per-rank micro-batches of that many ranks, and say so."""
+def max_batch_bars(
+    max_batch: list[MaxBatchRow],
+    parallel: str | None = None,
+    limit_bytes: float | None = None,
+    seq_len: int | None = None,
+    dtype: str | None = None,
+) -> dict:
+    """`parallel` ('fsdp×8'): the batches are per-rank micro-batches of that many ranks, and say so.
+    Each bar is labelled with its batch size first, then its ratio to full's in words; the title
+    names the memory target (the rows' own limit, else `limit_bytes`), the length and the dtype."""
     base = next((m.max_batch_size for m in max_batch if m.method == "full"), None)
-    text = [f"{m.max_batch_size / base:.2f}x full" if base else "" for m in max_batch]
+    what = "micro-batch" if parallel else "batch"
+    # the ratio in words under the number, on a line of its own: beside it, plotly shrank the label
+    # to the bar's width
+    text = [
+        share_words(m.max_batch_size / base, "full", what) if base and m.method != "full" else "" for m in max_batch
+    ]
     styles = _styles(m.method for m in max_batch)
     bar = {
         "type": "bar",
         "x": [m.method for m in max_batch],
         "y": [m.max_batch_size for m in max_batch],
         "text": text,
+        "texttemplate": "%{y}<br>%{text}",
+        "hovertemplate": "%{x}: %{y}<br>%{text}",
         "textposition": "outside",
         "cliponaxis": False,
         "marker": {"color": [styles[m.method]["marker"]["color"] for m in max_batch]},
@@ -98,9 +137,11 @@ def max_batch_bars(max_batch: list[MaxBatchRow], parallel: str | None = None) ->
     }
     largest = max((m.max_batch_size for m in max_batch), default=0)
     # whole batch sizes only: below 10 plotly's automatic step would be 0.5
-    what = "largest micro-batch per rank" if parallel else "largest batch size"
-    count = _axis(what, rangemode="tozero", tickformat="d", **({"dtick": 1} if largest <= 10 else {}))
-    title = f"Largest micro-batch per rank that fits · {parallel}" if parallel else "Largest batch that fits"
+    axis = "largest micro-batch per rank" if parallel else "largest batch size"
+    count = _axis(axis, rangemode="tozero", tickformat="d", **({"dtick": 1} if largest <= 10 else {}))
+    limit = next((m.limit_bytes for m in max_batch if m.limit_bytes), None) or limit_bytes
+    length = next((m.seq_len for m in max_batch if m.seq_len), None) or seq_len
+    title = max_batch_title(parallel, limit, length, dtype)
     return {"data": [bar], "layout": _layout(title, _axis("method"), count, showlegend=False)}
 
 
@@ -368,7 +409,9 @@ JOB_CHARTS: dict[str, Callable] = {
         job.results, device_bytes, job.device, parallel_label(job.spec)
     ),
     "ranks": lambda job, device_bytes: per_rank(job.results, job.spec),
-    "max_batch": lambda job, device_bytes: max_batch_bars(job.max_batch, parallel_label(job.spec)),
+    "max_batch": lambda job, device_bytes: max_batch_bars(
+        job.max_batch, parallel_label(job.spec), device_bytes, job.spec.get("seq_len"), job.spec.get("dtype")
+    ),
     "throughput": _throughput,
     "breakdown": lambda job, device_bytes: breakdown(job.results),
     "frontier": lambda job, device_bytes: frontier(job.results),

@@ -8,13 +8,22 @@ from dataclasses import dataclass
 
 from app.models import ResultRow
 from app.services.results import Compared, series
-from app.web.charts import memory_text
+from app.web.charts import memory_ratio_words, memory_text, share_words
 
 
 @dataclass
 class Cell:
     row: ResultRow
     ratio: float | None  # baseline peak / this peak: how many times less memory than the baseline
+    speed: float | None = None  # this tokens/s / the baseline's
+
+    def ratio_text(self, baseline: str) -> str:
+        """The ratios in words, one way round: '2.5x less memory than full · 0.8x full's tokens/s'."""
+        if self.row.method == baseline:
+            return ""
+        return " · ".join(
+            filter(None, [memory_ratio_words(self.ratio, baseline), share_words(self.speed, baseline, "tokens/s")])
+        )
 
     @property
     def peak_text(self) -> str:
@@ -27,7 +36,7 @@ def pivot(compared: list[Compared]) -> dict[tuple, dict[int, Cell]]:
     out: dict[tuple, dict[int, Cell]] = {}
     for c in compared:
         r = c.row
-        out.setdefault((r.model, r.mode, r.dtype, series(r)), {})[r.batch_size] = Cell(r, c.memory_ratio)
+        out.setdefault((r.model, r.mode, r.dtype, series(r)), {})[r.batch_size] = Cell(r, c.memory_ratio, c.speed_ratio)
     return out
 
 

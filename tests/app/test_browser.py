@@ -301,7 +301,8 @@ def test_parallel_job_draws_memory_per_rank(site):
     assert page.locator("#chart-ranks .trace.bars").count() == 2  # one per method
     assert ticks(page, "ranks", "x") == ["rank 0", "rank 1"]
     assert page.text_content("#chart-ranks .gtitle") == "Peak memory per rank · fsdp×2, batch 4 (measured)"
-    assert page.text_content("#chart-max_batch .gtitle") == "Largest micro-batch per rank that fits · fsdp×2"
+    title = "Largest micro-batch per rank that fits in 1 GiB · fsdp×2 · length 64 · fp32"
+    assert page.text_content("#chart-max_batch .gtitle") == title
     assert "fsdp×2" in page.inner_text("h1")
     assert page.locator("#chart-breakdown").inner_html() == ""  # these rows have no breakdown: nothing drawn
     row = page.locator("#table-ranks tr", has_text="wtacrs@0.3").inner_text()
@@ -336,7 +337,7 @@ def test_compare_and_history_pages(site):
     page.wait_for_selector("#chart-compare .main-svg")
     assert page.locator("#pivot tr").count() == 3
     assert "OOM" in page.inner_text("#pivot")
-    assert "(1.21x)" in page.inner_text("#pivot")  # wtacrs@0.3 at batch 8: 1220 MiB / 1005.6 MiB
+    assert "1.21x less memory than full" in page.inner_text("#pivot")  # wtacrs@0.3 at batch 8: 1220 MiB / 1005.6 MiB
     page.select_option("select[name=method]", ["wtacrs@0.3"])
     page.select_option("select[name=baseline]", "wtacrs@0.3")
     page.click("form.filters button")

@@ -317,3 +317,43 @@ def test_parallel_jobs_label_the_max_batch_and_memory_charts_per_rank():
         job_charts.max_batch_bars(as_max_batch([{"method": "full", "max_batch_size": 3}]))["layout"]["title"]["text"]
         == "Largest batch that fits"
     )
+
+
+def test_a_method_looks_the_same_whatever_else_is_in_the_figure():
+    """Issue 27: colour and dash are a function of the method's name, not of its place in a figure."""
+    alone = job_charts.memory_vs_batch(rows(["offload"], [2], tiny), None, "cpu")["data"][0]
+    among = job_charts.memory_vs_batch(rows(["full", "lora", "offload"], [2], tiny), None, "cpu")["data"][2]
+    assert (alone["line"]["color"], alone["line"]["dash"]) == (among["line"]["color"], among["line"]["dash"])
+    assert charts.method_style("wtacrs@0.3 · fsdp×8 [cuda]") == charts.method_style("wtacrs@0.3")
+    assert charts.method_style("wtacrs@0.3") == charts.method_style("wtacrs@0.5") == charts.METHOD_STYLES["wtacrs"]
+    assert charts.method_style("lora+checkpointing")[1] != "solid"  # full's dash
+    assert charts.method_style("lora+checkpointing") == charts.method_style("lora+checkpointing")
+    assert all(charts.method_style(m)[0] != charts.RED for m in ("x", "y", "lora+checkpointing", "meft2@r=4"))
+    bars = job_charts.max_batch_bars(as_max_batch([{"method": "offload", "max_batch_size": 3}]))
+    assert bars["data"][0]["marker"]["color"] == [charts.method_style("offload")[0]]
+
+
+def test_ratios_read_one_way_in_words():
+    assert charts.memory_ratio_words(2.4, "full") == "2.4x less memory than full"
+    assert charts.memory_ratio_words(1 / 1.3, "full") == "1.3x more memory than full"
+    assert charts.memory_ratio_words(1.0004, "full") == "same memory as full"
+    assert charts.memory_ratio_words(12.41, "full") == "12.4x less memory than full"
+    assert charts.memory_ratio_words(None, "full") == "" and charts.memory_ratio_words(float("inf"), "full") == ""
+    assert charts.share_words(0.8, "full", "tokens/s") == "0.8x full's tokens/s"
+    assert charts.share_words(1.25, "lora", "batch") == "1.25x lora's batch"
+    assert charts.share_words(1.001, "full", "tokens/s") == "same tokens/s as full"
+
+
+def test_largest_batch_bars_show_the_batch_then_the_ratio_and_the_conditions():
+    """Issue 27: '140' over '2.92x full's batch', not '2.92x full' alone; titled with the target, length, dtype."""
+    sizes = [{"method": "full", "max_batch_size": 48}, {"method": "wtacrs@0.3", "max_batch_size": 140}]
+    bars = job_charts.max_batch_bars(as_max_batch(sizes), None, 80 * GIB, 128, "fp32")
+    bar = bars["data"][0]
+    assert bar["text"] == ["", "2.92x full's batch"]
+    assert bar["texttemplate"] == "%{y}<br>%{text}"  # the batch size first, the ratio under it
+    assert bars["layout"]["title"]["text"] == "Largest batch that fits in 80 GiB · length 128 · fp32"
+    # the rows' own limit and length (what the search used) before the job's
+    own = as_max_batch([{**s, "limit_bytes": 72 * GIB, "seq_len": 256} for s in sizes])
+    title = job_charts.max_batch_bars(own, "fsdp×8", 80 * GIB, 128, "bf16")["layout"]["title"]["text"]
+    assert title == "Largest micro-batch per rank that fits in 72 GiB · fsdp×8 · length 256 · bf16"
+    assert job_charts.max_batch_title(limit_bytes=79.6 * GIB) == "Largest batch that fits in 79.6 GiB"

@@ -8,6 +8,7 @@ import json
 
 from app.models import ResultRow
 from app.services.results import COLUMNS, series
+from app.web import charts
 from tests.app.conftest import auth
 from tests.app.test_queue import ROW, register, submit
 
@@ -67,7 +68,8 @@ def test_api_and_pivot_agree_on_latest_rows_ratios_and_oom(client):
     rows = client.get("/api/results", params={"job_id": newer}).json()  # SQL written by hand on PostgreSQL
     assert len(rows) == 2 and {r["job_id"] for r in rows} == {newer}
     page = client.get("/compare", params={"model": "bert-tiny"}).text
-    assert "OOM" in page and "(2.50x)" in page
+    assert "OOM" in page and "(2.50x)" not in page  # the ratios read one way round, in words
+    assert "2.5x less memory than full" in page and "1.8x full&#39;s tokens/s" in page
 
 
 def test_the_baseline_comes_from_the_same_selection(client):
@@ -112,7 +114,7 @@ def test_one_device_and_parallel_runs_of_a_method_are_separate_series(client):
     assert client.get("/api/results", params={"world_size": 0}).status_code == 422
 
     page = client.get("/compare", params={"model": "bert-tiny"}).text
-    assert "full · fsdp×8" in page and "wtacrs@0.3 · fsdp×8" in page and "(1.25x)" in page
+    assert "full · fsdp×8" in page and "wtacrs@0.3 · fsdp×8" in page and "1.25x less memory than full" in page
     assert json.dumps("full · fsdp×8 [cpu]") in page  # the chart's series
     page = client.get("/compare", params={"model": "bert-tiny", "strategy": "", "world_size": ""})
     assert page.status_code == 200  # the form's "any"
@@ -187,13 +189,14 @@ def test_compiled_and_eager_runs_of_a_method_are_separate_series(client):
     assert [r["compiled"] for r in as_json] == [True, True]
 
     page = client.get("/compare", params={"model": "bert-tiny"}).text
-    assert "wtacrs@0.3 · compiled" in page and "(3.00x)" in page and "(2.25x)" in page
+    assert "wtacrs@0.3 · compiled" in page and "3x less memory than full" in page
+    assert "2.25x less memory than full" in page
     assert json.dumps("full · compiled [cpu]") in page  # the chart's series
     assert client.get("/compare", params={"model": "bert-tiny", "compiled": ""}).status_code == 200  # "any"
     history = client.get("/history", params={"model": "bert-tiny"}).text  # one line per series there too
     assert json.dumps("wtacrs@0.3 · compiled") in history and json.dumps("wtacrs@0.3") in history
     eager_page = client.get("/compare", params={"model": "bert-tiny", "compiled": "false"}).text
-    assert "full · compiled" not in eager_page and "(2.25x)" in eager_page
+    assert "full · compiled" not in eager_page and "2.25x less memory than full" in eager_page
     assert '<option value="false" selected>eager</option>' in eager_page
     table = list(
         csv.DictReader(io.StringIO(client.get("/compare.csv", params={"model": "bert-tiny", "compiled": "true"}).text))
@@ -219,3 +222,39 @@ def test_series_names_compose():
     assert named(compiled=True) == "full · compiled"
     assert named(strategy="fsdp", world_size=8) == "full · fsdp×8"
     assert named(strategy="fsdp", world_size=8, compiled=True) == "full · fsdp×8 · compiled"
+
+
+def _figures(page: str) -> dict:
+    start = page.index('<script type="application/json" id="figures">')
+    return json.loads(page[page.index(">", start) + 1 : page.index("</script>", start)])
+
+
+def _colours(figure: dict) -> dict[str, tuple]:
+    """method -> (colour, dash) of its line traces (the OOM markers, always red, left out)."""
+    out = {}
+    for trace in figure["data"]:
+        if trace.get("line") and "(OOM)" not in trace["name"]:
+            look = (trace["line"]["color"], trace["line"]["dash"])
+            assert out.setdefault(charts.method_name(trace["name"]), look) == look, trace["name"]
+    return out
+
+
+def test_a_method_has_one_colour_and_dash_on_the_job_and_compare_pages(client):
+    """Issue 27: the compare chart (series named 'lora [cpu]') draws each method as the job page does,
+    whatever other methods share the figure: the style is a function of the method's name alone."""
+    w = register(client)
+    methods = ["full", "lora", "wtacrs@0.3", "offload", "lora+checkpointing"]
+    rows = [row(m, b, 100 + 10 * i + b, tokens=50.0 + i) for i, m in enumerate(methods) for b in (2, 4)]
+    job = finish(client, w, rows, {"methods": methods})
+    job_page = _figures(client.get(f"/jobs/{job}").text)
+    compare_page = _figures(client.get("/compare", params={"model": "bert-tiny"}).text)
+    # on the compare page with only two of the methods selected: the same look still
+    two = _figures(client.get("/compare", params={"model": "bert-tiny", "method": ["offload", "lora"]}).text)
+    on_job = _colours(job_page["memory"])
+    assert set(on_job) == set(methods)
+    assert _colours(job_page["throughput"]) == on_job
+    assert _colours(compare_page["compare"]) == on_job
+    assert _colours(two["compare"]) == {m: on_job[m] for m in ("offload", "lora")}
+    assert len(set(on_job.values())) == len(methods)  # five methods, five looks
+    assert on_job["full"] == charts.METHOD_STYLES["full"]
+    assert charts.RED not in {c for c, _ in on_job.values()}  # red means OOM
