@@ -233,6 +233,14 @@ class TrialRow(Row):
     allocator_ooms: Count = Field(None, description="cuda: out-of-memory errors the caching allocator raised")
     workspace_bytes: Bytes = Field(None, description="estimate on a CUDA model: cuBLAS workspaces in the peaks")
     process_device_bytes: Bytes = None
+    host_bytes: Bytes = Field(
+        None,
+        description="offload: bytes of saved tensors the last measured forward kept in host memory instead of on the "
+        "device, one copy per saved tensor "
+        "(cuda: copied to pinned host memory; estimate: what the modelled device would copy out, not device memory). "
+        "cpu: 0, the saved tensors are host memory already and nothing moves (they count in activation_bytes). "
+        "None: the method does not offload",
+    )
     breakdown: ByteMap | None = Field(None, description=f"bytes at the run's peak by {CATEGORIES}")
     first_step_breakdown: ByteMap | None = None
     untracked_bytes: Annotated[int | None, Check(-MAX_INT, MAX_INT)] = Field(

@@ -51,10 +51,15 @@ def _attribution(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row
     yield [AttributionRow.model_validate(row)]
 
 
+def _has_fidelity(method: Method) -> bool:
+    """Sampled gradients (a sampler) or MEFT's reconstructed ones: both differ from exact backprop."""
+    return method.sampler is not None or bool(method.meft)
+
+
 def _fidelity(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
     from . import trials
 
-    if method.sampler is not None:  # an exact method's gradient has no sampling error to measure
+    if _has_fidelity(method):  # an exact method's gradient has no error to measure
         yield trials.fidelity_rows(spec, method, min(spec.batch_sizes))
 
 
@@ -72,7 +77,7 @@ PRODUCERS: dict[str, Producer] = {
     "throughput": _TRIALS,
     "memory_attribution": Producer(_attribution, lambda spec, method: 1),
     "max_batch_size": Producer(_max_batch, lambda spec, method: 1),
-    "fidelity": Producer(_fidelity, lambda spec, method: int(method.sampler is not None)),
+    "fidelity": Producer(_fidelity, lambda spec, method: int(_has_fidelity(method))),
     # a tick per epoch, then the row
     "convergence": Producer(_convergence, lambda spec, method: spec.convergence.epochs + 1),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -89,6 +90,17 @@ def base_row(spec: JobSpec, method: Method, batch_size: int) -> dict:
     return row
 
 
+def _host_bytes(spec: JobSpec, trial) -> int | None:
+    """Offloading: what the measured steps kept in host memory (the README's *Methods*: on cpu the
+    saved tensors are host memory already, nothing moves, 0; the estimate models the copy out)."""
+    if spec.device == "cpu":
+        return 0
+    from wtacrs.offload import offload_stats
+
+    stats = offload_stats(trial.model)
+    return None if stats is None else int(stats["host_bytes"])
+
+
 def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
     if spec.parallel.strategy != "none":  # DDP/FSDP: per rank, in profiler/parallel.py
         from .parallel import parallel_trial_row
@@ -115,6 +127,8 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
             graphs = compiled_graphs()
             with _mode_context(spec) as context:  # no storage tracker: it would make the step eager
                 row.update(measure_compiled_memory(trial, spec.device))
+        if method.offload:
+            row["host_bytes"] = _host_bytes(spec, trial)
         if isinstance(context, CPUAllocatorRecord):  # the allocator's own count, not the tracker's
             # above what was allocated before the model was built; compiled, the measured steps'
             # peak (eager, the whole run's, which is the steps' too: building never holds more)
@@ -179,8 +193,11 @@ def _weight_grads(model) -> dict[str, torch.Tensor]:
 
 def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[FidelityRow]:
     """Per replaced layer: error and variance of the sampled weight gradient vs the exact one."""
+    if method.meft:
+        return _meft_fidelity_rows(spec, method, batch_size)
     device = device_for(spec)
-    exact_method = Method(method.name, method.adapter, None, None, method.checkpointing)
+    # only the sampler goes: every other field of the method (adapter, checkpointing, offload...) stays
+    exact_method = dataclasses.replace(method, sampler=None, ratio=None)
     sampled = build_trial(spec, method, batch_size, device)
     reference = build_trial(spec, exact_method, batch_size, device)
     try:
@@ -219,6 +236,65 @@ def fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[Fideli
                 relative_bias=(mean - g).norm().item() / norm if defined else None,
                 relative_variance=((stack - mean) ** 2).sum((1, 2)).mean().item() / norm**2 if defined else None,
                 draws=FIDELITY_DRAWS,
+                exact_norm=norm if math.isfinite(norm) else None,
+            )
+        )
+    return rows
+
+
+def _meft_fidelity_rows(spec: JobSpec, method: Method, batch_size: int) -> list[FidelityRow]:
+    """MEFT: per trainable parameter (the adapters and the head), the reversible backward's gradient
+    against ordinary backprop through the SAME model (same weights, batch, eval mode), so its
+    floating-point reconstruction error reads as a gradient error. Deterministic: one draw, no variance."""
+    from wtacrs.meft import meft_adapter_names, set_reversible
+
+    device = device_for(spec)
+    trial = build_trial(spec, method, batch_size, device)
+    try:
+        model = trial.model
+        model.eval()  # dropout off: both passes compute the same function
+        adapters = set(meft_adapter_names(model))
+        # the adapters first, then the rest of what trains (the task head)
+        names = [n for n, p in model.named_parameters() if p.requires_grad and n in adapters]
+        names += [n for n, p in model.named_parameters() if p.requires_grad and n not in adapters]
+        params = dict(model.named_parameters())
+        step = trial.forward_backward  # bound here: the closure must not name `trial`, deleted below
+
+        def grads() -> dict[str, torch.Tensor | None]:
+            model.zero_grad(set_to_none=True)
+            step()
+            return {n: None if params[n].grad is None else params[n].grad.detach().double().clone() for n in names}
+
+        set_reversible(model, True)
+        reversible = grads()
+        set_reversible(model, False)
+        try:
+            exact = grads()
+        finally:
+            set_reversible(model, True)
+    finally:
+        release(trial)
+        del trial
+        free_cached()
+    rows = []
+    for name in names:
+        g, r = exact[name], reversible[name]
+        if g is None:
+            continue  # no gradient reached it in either pass
+        if r is None:
+            r = torch.zeros_like(g)
+        norm = g.norm().item()
+        defined = norm > 0 and math.isfinite(norm)
+        err = (r - g).norm().item() / norm if defined else None
+        rows.append(
+            FidelityRow(
+                method=method.name,
+                batch_size=batch_size,
+                layer=name,
+                relative_error=err if err is None or math.isfinite(err) else None,
+                relative_bias=err if err is None or math.isfinite(err) else None,  # one deterministic draw
+                relative_variance=0.0 if defined else None,
+                draws=1,
                 exact_norm=norm if math.isfinite(norm) else None,
             )
         )
