@@ -291,9 +291,8 @@ class JobSpec(Strict):
                 "which breaks the reversible coupling, and GPT-2 has no MEFT record yet"
             )
         if self.device == "estimate":
-            sampled_selective = [
-                m for m in self.methods if parse_method(m).sampler and parse_method(m).selective_checkpointing
-            ]
+            parsed = [(m, parse_method(m)) for m in self.methods]
+            sampled_selective = [m for m, p in parsed if p.sampler and p.selective_checkpointing]
             if sampled_selective:
                 raise ValueError(
                     f"methods {sampled_selective} do not trace yet: selective checkpointing's recomputation must "
@@ -381,9 +380,13 @@ class JobSpec(Strict):
     @property
     def model_key(self) -> str:
         """What results group by: the preset, or the family with its canonical overrides."""
-        return identity.of_spec_model(self.model_dump(mode="json")["model"])[0]
+        return identity.of_spec_model(self._model_json())[0]
 
     @property
     def model_label(self) -> str:
         """The model as pages name it, e.g. `bert (hidden 256, 4 layers)`."""
-        return identity.of_spec_model(self.model_dump(mode="json")["model"])[1]
+        return identity.of_spec_model(self._model_json())[1]
+
+    def _model_json(self) -> str | dict:
+        """The model as stored specs hold it (what migration 0005 keys), without dumping the whole spec."""
+        return self.model if isinstance(self.model, str) else self.model.model_dump(mode="json")
