@@ -26,8 +26,8 @@ from wtacrs import DEFAULT_TARGETS, expected_squared_error
 
 def minilm_sst2(batch_size: int, seq_len: int, seed: int):
     """all-MiniLM-L6-v2's real weights and random SST-2 training batches (the profiler's loaders)."""
-    from profiler.textdata import default_sst2_path, read_tsv
-    from profiler.zoo import load_pretrained
+    from profiler.trial.textdata import default_sst2_path, read_tsv
+    from profiler.trial.zoo import load_pretrained
 
     torch.manual_seed(seed)
     _, model, tok = load_pretrained("all-minilm-l6-v2")

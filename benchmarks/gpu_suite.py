@@ -313,7 +313,7 @@ def run_until(cmd: list[str], deadline: float, *, env: dict, stdout=None, poll=N
 def describe_environment(device: str) -> dict:
     """In a child for cuda: a CUDA context in this process would hold GPU memory the whole run,
     lowering every max batch found after it."""
-    code = "import json, sys; from profiler.environment import describe; print(json.dumps(describe(sys.argv[1])))"
+    code = "import json, sys; from profiler.instruments.environment import describe; print(json.dumps(describe(sys.argv[1])))"
     out = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, env=child_env())
     if out.returncode:
         sys.exit(f"could not describe the {device} environment:\n{out.stderr[-2000:]}")

@@ -13,7 +13,7 @@ import copy
 import torch
 
 from contract.spec import JobSpec
-from profiler.zoo import build_model, make_batch
+from profiler.trial.zoo import build_model, make_batch
 from wtacrs.meft import MEFTConfig, apply_meft, set_reversible
 
 

@@ -18,8 +18,8 @@ import torch
 
 from contract.methods import parse_method
 from contract.spec import JobSpec
-from profiler.measure import build_trial, release
 from profiler.runner import run_job
+from profiler.trial.build import build_trial, release
 
 METHODS = [
     "full", "lora", "checkpointing", "selective-checkpointing", "lora+selective-checkpointing", "offload",
@@ -32,7 +32,7 @@ def host_bytes(spec: JobSpec, method: str) -> int | None:
     """Bytes offloading moves to the host in one forward (traced under FakeTensorMode)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from profiler.cuda_model import SM90
+    from profiler.instruments.cuda_model import SM90
     from wtacrs.offload import offload_stats
 
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:

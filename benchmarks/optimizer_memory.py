@@ -29,8 +29,9 @@ from torch.distributed._tools import mem_tracker  # noqa: E402
 
 from contract.methods import parse_method  # noqa: E402
 from contract.spec import JobSpec  # noqa: E402
-from profiler.cuda_model import SM90  # noqa: E402
-from profiler.measure import build_trial, free_cached, measure_memory, release  # noqa: E402
+from profiler.instruments.cuda_model import SM90  # noqa: E402
+from profiler.trial.build import build_trial, free_cached, release  # noqa: E402
+from profiler.trial.measure import measure_memory  # noqa: E402
 
 OPTIMIZERS = ("adamw-single", "adamw-foreach", "adamw-fused", "sgd")
 

@@ -5,14 +5,14 @@ Usage:
   PYTHONPATH=.:benchmarks python benchmarks/step_time.py --device cpu --models bert-base --batch 8 --seq 128
   ... [--dtype fp32|bf16|bf16-weights] [--methods full wtacrs@0.3 ...] [--compile [--compile-mode M]] [--json FILE]
 
-Each method's model is built by the profiler (`profiler.measure.build_trial`: the preset's config,
+Each method's model is built by the profiler (`profiler.trial.build.build_trial`: the preset's config,
 random weights from the same seed, the method applied by `profiler.methods`; `minilm` is the
 all-MiniLM-L6-v2 architecture), with the AdamW users get by default. A step is forward, backward and
 the optimizer step. All methods stay built, and the steps go round-robin (full, wtacrs@0.3, lora, ...,
 then again), so drift in clocks or machine load hits every method alike and the ratios are side by
 side. On CUDA each step is timed with CUDA events and synchronised before the next method's step.
 `--compile` runs each model under torch.compile (`model = torch.compile(model)`, inductor; `--compile-mode
-reduce-overhead` for CUDA graphs), compiled in its own warm-up steps (`profiler.compiled.compile_step`)
+reduce-overhead` for CUDA graphs), compiled in its own warm-up steps (`profiler.trial.compiled.compile_step`)
 before the timed ones. `--json` is rewritten after the builds and after every timed round (each
 method's times so far, `rounds_timed`, `complete`), so a run killed at a deadline keeps what it timed.
 
@@ -41,8 +41,8 @@ from common import machine, sampler_config  # noqa: E402
 import wtacrs  # noqa: E402
 from contract.methods import parse_method  # noqa: E402
 from contract.spec import JobSpec  # noqa: E402
-from profiler.compiled import compile_step, compiled_graphs  # noqa: E402
-from profiler.measure import Trial, build_trial, free_cached  # noqa: E402
+from profiler.trial.build import Trial, build_trial, free_cached  # noqa: E402
+from profiler.trial.compiled import compile_step, compiled_graphs  # noqa: E402
 
 ALIASES = {"minilm": "all-minilm-l6-v2"}  # --models name -> profiler preset
 # the batch each model's bar is set at (--batch overrides); other presets get 8

@@ -1,6 +1,6 @@
 """The registry of measurements: what a spec may ask for, which rows each one fills, and how the
 CLI and the job page show them. Adding a measurement is one row model (`contract/rows.py`), one
-entry here, its producer (`profiler/producers.py`) and its chart (`app/web/charts.py`, `JOB_CHARTS`)."""
+entry here, its producer (`profiler/producers/registry.py`) and its chart (`app/web/charts.py`, `JOB_CHARTS`)."""
 
 from __future__ import annotations
 

@@ -384,6 +384,7 @@ class AttributionRow(Row):
     batch_size: Batch
     mode: Mode
     oom: bool = False
+    oom_message: Message = None
     error: Message = None
     estimate_device: Text = None
     total_bytes: Bytes = Field(None, description="sum over modules, each storage rounded to the allocator block")

@@ -62,7 +62,7 @@ def print_table(result: JobResult) -> None:
     for m in result.max_batch:
         out_console.print(f"max batch {m.method}: {m.max_batch_size} ({len(m.probes)} probes)")
     if any(a.modules for a in result.attribution):
-        from .attribution import format_table
+        from .tables import format_table
 
         for a in result.attribution:
             if a.modules:

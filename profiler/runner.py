@@ -1,11 +1,13 @@
-"""Run a job: each method in a child process with a time limit, so a crash, an OOM kill or a
-hang becomes that method's recorded outcome instead of taking the caller down."""
+"""Run a job: its methods in a child process with a time limit per method, so a crash, an OOM kill
+or a hang becomes that method's recorded outcome instead of taking the caller down; the methods
+after a failure run in a fresh child."""
 
 from __future__ import annotations
 
 import datetime
 import multiprocessing as mp
 import queue as queue_mod
+import threading
 import time
 import traceback
 import uuid
@@ -18,9 +20,12 @@ from contract.results import JobResult, JobStatus
 from contract.rows import Environment
 from contract.spec import JobSpec
 
-from .producers import producers_for
+from .producers.processes import die_with_parent
+from .producers.progress import current, listen
+from .producers.registry import producers_for
 
 Progress = Callable[[int, int, str], None]
+HEARTBEAT_S = 5.0  # the longest a running job goes without a progress message
 
 
 def _now() -> str:
@@ -35,11 +40,13 @@ def units_per_method(spec: JobSpec, method_name: str) -> int:
 def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -> None:
     """Everything for one method, in this process; results go out through emit() as plain data
     (they cross a process boundary) and are validated again where they are collected."""
-    from .environment import describe
+    from .instruments.environment import describe
+    from .trial.build import optimizer_impl
 
     spec = JobSpec.model_validate_json(spec_json)
     method = parse_method(method_name)
-    emit({"kind": "environment", "data": describe(spec.device, spec)})
+    environment = describe(spec.device) | {"optimizer": spec.optimizer, "optimizer_impl": optimizer_impl(spec)}
+    emit({"kind": "environment", "data": environment})
 
     def tick(message: str) -> None:
         emit({"kind": "tick", "data": message})
@@ -65,29 +72,49 @@ def _report_kernel_failures(spec: JobSpec, emit: Callable[[dict], None]) -> None
         )
 
 
-def die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies (a measurement outliving a worker
-    killed -9, or a local worker outliving `serve`)."""
+def _run_methods(spec_json: str, method_names: list[str], emit: Callable[[dict], None]) -> None:
+    """The methods in turn, each announced ("start") and finished ("method-done"); announcements of
+    the step in progress go out as "status" events."""
+    listen(lambda message: emit({"kind": "status", "data": message}))
     try:
-        import ctypes
-        import signal
+        for name in method_names:
+            emit({"kind": "start", "data": name})
+            run_method(spec_json, name, emit)
+            emit({"kind": "method-done", "data": name})
+    finally:
+        listen(None)
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def _heartbeat(q, stop: threading.Event) -> None:
+    """Repeat the step in progress every HEARTBEAT_S seconds, from a thread that is not measuring."""
+    while not stop.wait(HEARTBEAT_S):
+        message = current()
+        if message is not None:
+            q.put({"kind": "status", "data": message})
 
 
-def _child(spec_json: str, method_name: str, q) -> None:
+def _child(spec_json: str, method_names: list[str], q) -> None:
     die_with_parent()
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(q, stop), daemon=True).start()
     try:
-        run_method(spec_json, method_name, q.put)
+        _run_methods(spec_json, method_names, q.put)
     except BaseException as err:  # report, then die: the parent records it against the method
         # the user reads one line (what failed, and where); the traceback goes to the worker's log
         traceback.print_exc(limit=8)
         frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
         where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
         q.put({"kind": "error", "data": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}{where}"})
+    stop.set()
     q.put({"kind": "done"})
+
+
+def shares_a_process(spec: JobSpec) -> bool:
+    """Whether a job's methods may run one after another in one child process. On cpu and estimate
+    they may: each trial's peaks are counted above what was allocated before its model was built,
+    and imports are paid once. On cuda each method gets a fresh process: the allocator's peak
+    counts all that lives in the process, and a CUDA error can leave its context unusable."""
+    return spec.device != "cuda"
 
 
 def run_job(
@@ -97,6 +124,8 @@ def run_job(
     isolate: bool = True,
     should_cancel: Callable[[], bool] | None = None,
 ) -> JobResult:
+    """Run every method of `spec`. `isolate`: in child processes with the spec's time limit per
+    method (one for the whole job where `shares_a_process`, a fresh one after any failure)."""
     result = JobResult(
         id=job_id or uuid.uuid4().hex[:12],
         status=JobStatus.running,
@@ -105,39 +134,55 @@ def run_job(
     )
     total = sum(units_per_method(spec, m) for m in spec.methods)
     done = 0
-    for method_name in spec.methods:
+    current_method = spec.methods[0]
+
+    def handle(event: dict) -> None:
+        nonlocal done, current_method
+        kind, data = event["kind"], event.get("data")
+        if kind == "start":
+            current_method = data
+        elif kind == "environment":
+            result.environment = result.environment or Environment.model_validate(data)
+        elif kind == "rows":
+            rows = [FIELDS[event["field"]].model_validate(r) for r in data]
+            getattr(result, event["field"]).extend(rows)
+            # a trial that failed for a reason other than memory is the job's error too
+            result.errors.extend(
+                f"{current_method} batch {r.batch_size}: {r.error}" for r in rows if getattr(r, "error", None)
+            )
+        elif kind == "error":
+            result.errors.append(f"{current_method}: {data}")
+        if kind in ("rows", "tick") and progress:
+            done += 1
+            what = data if kind == "tick" else f"{event['field']} done"
+            progress(done, total, f"{current_method}: {what}")
+        elif kind == "status" and progress:
+            progress(done, total, f"{current_method}: {data}")
+
+    remaining = list(spec.methods)
+    while remaining:
         if should_cancel and should_cancel():
             result.status = JobStatus.cancelled
             break
-
-        def handle(event: dict, method_name=method_name) -> None:
-            nonlocal done
-            kind, data = event["kind"], event.get("data")
-            if kind == "environment":
-                result.environment = result.environment or Environment.model_validate(data)
-            elif kind == "rows":
-                rows = [FIELDS[event["field"]].model_validate(r) for r in data]
-                getattr(result, event["field"]).extend(rows)
-                # a trial that failed for a reason other than memory is the job's error too
-                result.errors.extend(
-                    f"{method_name} batch {r.batch_size}: {r.error}" for r in rows if getattr(r, "error", None)
-                )
-            elif kind == "error":
-                result.errors.append(f"{method_name}: {data}")
-            if kind in ("rows", "tick") and progress:
-                done += 1
-                what = data if kind == "tick" else f"{event['field']} done"
-                progress(done, total, f"{method_name}: {what}")
-
-        if isolate:
-            if _run_isolated(spec, method_name, handle, should_cancel) == "cancelled":
-                result.status = JobStatus.cancelled
-                break
-        else:
+        if not isolate:
+            name = remaining.pop(0)
+            handle({"kind": "start", "data": name})
+            listen(lambda message: handle({"kind": "status", "data": message}))
             try:
-                run_method(spec.model_dump_json(), method_name, handle)
+                run_method(spec.model_dump_json(), name, handle)
             except Exception as err:
                 handle({"kind": "error", "data": f"{type(err).__name__}: {err}"})
+            finally:
+                listen(None)
+            continue
+        batch = remaining if shares_a_process(spec) else remaining[:1]
+        handle({"kind": "start", "data": batch[0]})  # a child that dies at once dies in this method
+        outcome, finished = _run_isolated(spec, batch, handle, should_cancel)
+        if outcome == "cancelled":
+            result.status = JobStatus.cancelled
+            break
+        # what failed is recorded against its method; the methods after it get a fresh process
+        remaining = remaining[len(finished) + (outcome != "done") :]
     if result.status == JobStatus.running:
         result.status = JobStatus.failed if result.errors else JobStatus.succeeded
     result.finished_at = _now()
@@ -145,14 +190,17 @@ def run_job(
 
 
 def _run_isolated(
-    spec: JobSpec, method_name: str, handle: Callable[[dict], None], should_cancel: Callable[[], bool] | None = None
-) -> str:
-    """Run one method in a child; returns "done", "failed" or "cancelled"."""
+    spec: JobSpec, methods: list[str], handle: Callable[[dict], None], should_cancel: Callable[[], bool] | None = None
+) -> tuple[str, list[str]]:
+    """Run methods in turn in one child, each within spec.timeout_s. Returns the outcome ("done":
+    all finished; "failed": the child stopped at the method after `finished`; "cancelled") and the
+    methods that finished."""
     ctx = mp.get_context("spawn")  # fork would inherit CUDA state and locks
     q = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(spec.model_dump_json(), method_name, q), daemon=True)
+    proc = ctx.Process(target=_child, args=(spec.model_dump_json(), methods, q), daemon=True)
     proc.start()
     deadline = time.monotonic() + spec.timeout_s
+    finished: list[str] = []
     outcome = "running"
     while outcome == "running":
         try:
@@ -176,11 +224,17 @@ def _run_isolated(
                 outcome = "failed"
                 break
             continue
-        if event["kind"] == "done":
-            outcome = "done"
-        else:
-            handle(event)
+        kind = event["kind"]
+        if kind == "done":
+            outcome = "done" if len(finished) == len(methods) else "failed"
+            continue
+        if kind == "start":
+            deadline = time.monotonic() + spec.timeout_s  # the limit is per method
+        elif kind == "method-done":
+            finished.append(event["data"])
+            continue
+        handle(event)
     proc.join(timeout=10)
     if proc.is_alive():
         proc.kill()
-    return outcome
+    return outcome, finished

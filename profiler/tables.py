@@ -55,3 +55,30 @@ def tables(result: JobResult) -> list[Table]:
             table.add_row(*(cell(getattr(r, c.field, None), c.unit) for c in columns))
         out.append(table)
     return out
+
+
+MIB = 2**20
+
+
+def format_table(attribution: dict, top: int = 20, ops_per_row: int = 3) -> str:
+    """A plain-text table for the CLI: module, bytes (in MiB, or KiB for a tiny model), its largest ops."""
+    rows = attribution["modules"][:top]
+    name, size = ("MiB", MIB) if attribution["total_bytes"] >= 10 * MIB else ("KiB", 2**10)
+    width = max([len(_label(r["module"])) for r in rows] + [6])
+    head = (
+        f"saved for backward: {attribution['method'] or '?'} batch {attribution['batch_size']} ({attribution['mode']})"
+    )
+    lines = [head, f"{'module':<{width}}  {name:>9}  top ops"]
+    for r in rows:
+        ops = sorted(r["ops"].items(), key=lambda kv: (-kv[1], kv[0]))[:ops_per_row]
+        text = ", ".join(f"{op} {b / size:.1f}" for op, b in ops)
+        lines.append(f"{_label(r['module']):<{width}}  {r['bytes'] / size:>9.1f}  {text}")
+    shown = sum(r["bytes"] for r in rows)
+    if len(attribution["modules"]) > len(rows):
+        lines.append(f"{'(rest)':<{width}}  {(attribution['total_bytes'] - shown) / size:>9.1f}")
+    lines.append(f"{'total':<{width}}  {attribution['total_bytes'] / size:>9.1f}")
+    return "\n".join(lines)
+
+
+def _label(module: str) -> str:
+    return module if module else "<root>"

@@ -1,9 +1,15 @@
 """Suite-wide hooks. torch is imported only where a test needs it: the app's tests run without it
 (the server never imports torch), and importing it costs every app-only run a few seconds."""
 
+import os
 import sys
 
 import pytest
+
+# Each test traces afresh: a cached estimate would hide what a test changes in the code under it
+# (a monkeypatched step), and one test's trace must not answer another's. The cache's own tests
+# point WTACRS_TRACE_CACHE at a folder of their own. Set here, so child processes inherit it.
+os.environ["WTACRS_TRACE_CACHE"] = "off"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -88,3 +88,103 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformer
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _targets(path: Path, modules: set[str]):
+    """The modules of this code base that `path` imports (relative imports resolved, lazy ones
+    inside functions included), each named as the module, not the package, it reaches."""
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            # `from pkg import mod` names a module; `from mod import name` the module itself
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != here:
+                yield name
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_circle_inside_a_package(package):
+    """Modules of a package import one way too (lazy imports count): a circle is a package whose
+    pieces cannot be read, tested or moved one at a time."""
+    paths = {_module_name(p): p for p in sorted((ROOT / package).rglob("*.py"))}
+    modules = set(paths)
+    graph = {name: set(_targets(path, modules)) for name, path in paths.items()}
+    # a package's __init__ re-exporting its modules is no circle of theirs
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not (paths[t].name == "__init__.py" and name.startswith(t + "."))}
+    assert not _cycles(graph), "\n".join(" <-> ".join(c) for c in _cycles(graph))
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# profiler's own layers, lowest first: instruments measure, trial builds and steps a model,
+# producers make a measurement's rows, and the runner, worker, CLI and tables sit on top
+PROFILER_LAYERS = ("profiler.instruments", "profiler.trial", "profiler.producers", "profiler")
+
+
+def test_profiler_layers_import_downwards_only():
+    def layer(module: str) -> int:
+        return next(
+            i for i, prefix in enumerate(PROFILER_LAYERS) if module == prefix or module.startswith(prefix + ".")
+        )
+
+    paths = {_module_name(p): p for p in sorted((ROOT / "profiler").rglob("*.py"))}
+    bad = [
+        f"{name} imports {target}"
+        for name, path in paths.items()
+        for target in _targets(path, set(paths))
+        if layer(target) > layer(name)
+    ]
+    assert not bad, "\n".join(bad)

@@ -22,7 +22,7 @@ _HOME = {
     "pair_weights": "estimator",
     "sampling_plan": "estimator",
     "expected_squared_error": "estimator",
-    "example_ids": "norms",
+    "example_ids": "grad_norm_history",
     "op_reference": "memory",
     "MEFTConfig": "meft",
     "apply_meft": "meft",
@@ -47,9 +47,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ serves these
     from .config import WTACRSConfig  # noqa: F401
     from .estimator import estimate_matmul, expected_squared_error, pair_weights, sampling_plan  # noqa: F401
+    from .grad_norm_history import example_ids  # noqa: F401
     from .layer import WTACRSLinear  # noqa: F401
     from .meft import MEFTConfig, apply_meft  # noqa: F401
     from .memory import op_reference  # noqa: F401
-    from .norms import example_ids  # noqa: F401
     from .offload import apply_offload, remove_offload  # noqa: F401
     from .patch import DEFAULT_TARGETS, apply_wtacrs, cache_bytes, remove_wtacrs, wtacrs_layers  # noqa: F401

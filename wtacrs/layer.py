@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from . import linear_ops, row_sources
 from .config import WTACRSConfig
 from .dispatch import call
-from .norms import GradNormTracker
+from .grad_norm_history import GradNormHistory
 
 _SAMPLE_ATTR = "_wtacrs_sample"
 
@@ -64,14 +64,14 @@ class WTACRSLinear(nn.Module):
         self.bias = bias
         self.config = config
         self.transposed = transposed
-        self.tracker = GradNormTracker(config.norm_source, config.norm_momentum, config.num_examples)
+        self.norm_history = GradNormHistory(config.norm_source, config.norm_momentum, config.num_examples)
         self.generator: torch.Generator | None = None
         # Set by apply_wtacrs: a counter the model's forward advances, so layers share a sample
         # only within one forward; a standalone layer draws afresh every call.
         self.forward_count: list[int] | None = None
-        # Trackers of the layers that read the same input and reused this layer's sample last
+        # The norm histories of the layers that read the same input and reused this layer's sample last
         # time; their factors join ours, so the shared sample targets all their gradients.
-        self.partners: list[GradNormTracker] = []
+        self.partners: list[GradNormHistory] = []
 
     @classmethod
     def from_linear(cls, linear: nn.Module, config: WTACRSConfig) -> WTACRSLinear:
@@ -118,7 +118,7 @@ class WTACRSLinear(nn.Module):
             mode, saved, source = "full", [x], None
         else:
             mode, saved, source = self._sample(x, n, k)
-        ids = self.tracker.context()
+        ids = self.norm_history.context()
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         x_cast = _autocast_copy(x, dtype)  # autograd casts its gradient back, as for F.linear's
@@ -127,7 +127,7 @@ class WTACRSLinear(nn.Module):
         args = linear_ops.LinearArgs(
             x=x if x_cast is None else x_cast, weight=self.weight, bias=self.bias, cast_weight=cast_w, cast_bias=cast_b,
             saved=saved, kept_as=mode, transposed=self.transposed, **linear_ops.source_args(source),
-            tracker=self.tracker.handle, ids=ids,
+            norm_history=self.norm_history.handle, ids=ids,
         )  # fmt: skip
         return call(linear_ops.linear, *args)
 
@@ -144,17 +144,17 @@ class WTACRSLinear(nn.Module):
             shared = getattr(x, _SAMPLE_ATTR, None)
             if shared is not None and shared[0] == key:
                 plan, owner = shared[1], shared[2]
-                if owner is not self and all(t is not self.tracker for t in owner.partners):
-                    owner.partners.append(self.tracker)
+                if owner is not self and all(t is not self.norm_history for t in owner.partners):
+                    owner.partners.append(self.norm_history)
                 return plan
         tables, factors = [], []
-        for tracker in (self.tracker, *self.partners):
-            if tracker.mode == "running":
-                table = tracker.running_table(x.shape, x.device)
+        for norm_history in (self.norm_history, *self.partners):
+            if norm_history.mode == "running":
+                table = norm_history.running_table(x.shape, x.device)
                 if table is not None:
                     tables.append(table)
             else:
-                factor = tracker.factor(x.shape, x.device)
+                factor = norm_history.factor(x.shape, x.device)
                 if factor is not None:
                     factors.append(factor)
         u = None

@@ -32,7 +32,7 @@ from torch import Tensor
 from . import kernels, row_sources
 from .dispatch import arguments, call, grads, register_autograd, register_cuda
 from .estimator import sampling_plan
-from .norms import running_factor, update_tracker
+from .grad_norm_history import running_factor, update_norm_history
 
 
 @torch.library.custom_op("wtacrs::sample_rows", mutates_args=())
@@ -114,12 +114,12 @@ def linear(
     source_bias: Tensor | None,
     source_eps: float,
     source_dtype: torch.dtype | None,
-    tracker: int,
+    norm_history: int,
     ids: Tensor | None,
 ) -> Tensor:
     """F.linear(x, weight, bias), run with the autocast copies `cast_*` where given. The other
     arguments are for backward: `saved` (kept_as "full": [x]; "rows": [idx, scaled rows]; "source":
-    [idx, scale, *the row source's tensors]), the row source, the gradient-norm tracker and the
+    [idx, scale, *the row source's tensors]), the row source, the gradient-norm history and the
     batch's example ids (`LinearArgs`)."""
     w = weight if cast_weight is None else cast_weight
     b = bias if cast_bias is None else cast_bias
@@ -141,7 +141,7 @@ class LinearArgs(NamedTuple):
     source_bias: Tensor | None
     source_eps: float
     source_dtype: torch.dtype | None
-    tracker: int  # the gradient-norm tracker's handle (-1: none)
+    norm_history: int  # the gradient-norm history's handle (-1: none)
     ids: Tensor | None  # the batch's example ids, for norm_source="example"
 
 
@@ -165,7 +165,7 @@ def _(*args):
 # the arguments backward passes on to `linear_backward` as the forward had them: scalars, the row
 # source's parameters and the example ids, none of them an activation, so held on ctx, never saved
 _PASSED_ON = (
-    "kept_as", "transposed", "source", "source_weight", "source_bias", "source_eps", "source_dtype", "tracker", "ids",
+    "kept_as", "transposed", "source", "source_weight", "source_bias", "source_eps", "source_dtype", "norm_history", "ids",
 )  # fmt: skip
 
 
@@ -195,7 +195,7 @@ def _linear_backward(ctx, grad):
 register_autograd(linear, _linear_backward, _setup_linear)
 
 
-# The tracker's history is state outside the graph, as the RNG's is for torch.rand: named by a
+# The gradient-norm history is state outside the graph, as the RNG's is for torch.rand: named by a
 # handle, not passed as a mutated argument, because torch.compile cannot partition a forward
 # input that the backward mutates. Only the next forward's `sample_rows` reads it.
 @torch.library.custom_op("wtacrs::linear_backward", mutates_args=())
@@ -214,14 +214,14 @@ def linear_backward(
     source_bias: Tensor | None,
     source_eps: float,
     source_dtype: torch.dtype | None,
-    tracker: int,
+    norm_history: int,
     ids: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_x exact, grad_w from the kept rows, grad_b exact), a gradient not needed as [0]; and
-    ||dY_i|| folded into the history of the tracker with handle `tracker` (-1: none)."""
+    ||dY_i|| folded into the gradient-norm history with handle `norm_history` (-1: none)."""
     return _backward(
         grad, weight, saved, x_shape, need_x, need_w, need_b, kept_as, transposed, source, source_weight,
-        source_bias, source_eps, source_dtype, tracker, ids, fused=False,
+        source_bias, source_eps, source_dtype, norm_history, ids, fused=False,
     )  # fmt: skip
 
 
@@ -241,7 +241,7 @@ class LinearBackwardArgs(NamedTuple):
     source_bias: Tensor | None
     source_eps: float
     source_dtype: torch.dtype | None
-    tracker: int
+    norm_history: int
     ids: Tensor | None
 
 
@@ -250,7 +250,7 @@ def _(*args):
     a = LinearBackwardArgs._make(args)
     rows = a.saved[-1] if a.kept_as == "rows" else None
     if a.need_w and a.kept_as != "full" and kernels.use_triton(a.grad, a.weight, rows):
-        # the tracker update is the last thing _backward does: a failure in the kernel comes before it
+        # the norm-history update is the last thing _backward does: a failure in the kernel comes before it
         return kernels.run(
             "wtacrs::linear_backward", lambda: _backward(*args, fused=True), lambda: _backward(*args, fused=False)
         )
@@ -283,8 +283,8 @@ def _backward(*args, fused: bool):
         gw = (kept_x.t() @ kept_g if a.transposed else kept_g.t() @ kept_x).to(a.weight.dtype)
     if a.need_b:
         gb = g2.sum(0)
-    if a.tracker >= 0:
-        update_tracker(a.tracker, g2, a.x_shape, a.ids)
+    if a.norm_history >= 0:
+        update_norm_history(a.norm_history, g2, a.x_shape, a.ids)
     return gx, gw, gb
 
 

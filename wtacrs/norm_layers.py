@@ -5,7 +5,7 @@ as recomputable. The RMSNorms of T5, LLaMA and Gemma are written in Python and k
 tensors; FusedRMSNorm computes the same values and keeps the input and 1/rms only. Which class has
 which style is family knowledge (wtacrs.families); how each style computes is here.
 
-Not to be confused with `wtacrs.norms`, the gradient-norm history (||dY_i|| per layer) that the
+Not to be confused with `wtacrs.grad_norm_history`, the gradient-norm history (||dY_i|| per layer) that the
 sampling probabilities read: these are the model's normalisation layers.
 """
 

@@ -204,4 +204,4 @@ def wtacrs_layers(model: nn.Module) -> list[tuple[str, WTACRSLinear]]:
 
 def cache_bytes(model: nn.Module) -> int:
     """Bytes held by the gradient-norm histories (0 for norm_source='activation')."""
-    return sum(layer.tracker.nbytes() for _, layer in wtacrs_layers(model))
+    return sum(layer.norm_history.nbytes() for _, layer in wtacrs_layers(model))

@@ -13,7 +13,7 @@ from contract.spec import JobSpec
 @pytest.mark.parametrize("name", list(MEASUREMENTS))
 def test_every_measurement_is_wired(name):
     from app.web.job_charts import JOB_CHARTS
-    from profiler.producers import PRODUCERS
+    from profiler.producers.registry import PRODUCERS
 
     m = MEASUREMENTS[name]
     assert name in PRODUCERS, f"{name} has no producer in profiler/producers.py"

@@ -99,7 +99,7 @@ def test_bad_specs_say_what_is_wrong(change, message):
 
 def test_optimizer_names_its_implementation_and_defaults_to_torchs():
     """Issue 29: adamw (the default, and what a spec without the field means) is torch's default for
-    the device; the others pin an implementation. Resolved by the profiler (profiler.measure.optimizer_impl)."""
+    the device; the others pin an implementation. Resolved by the profiler (profiler.trial.build.optimizer_impl)."""
     assert JobSpec.model_validate(MINIMAL).optimizer == "adamw"
     assert "optimizer" not in MINIMAL
     for name in ("adamw", "adamw-foreach", "adamw-fused", "adamw-single", "adam", "sgd"):

@@ -7,10 +7,12 @@ import torch
 import wtacrs
 from contract.methods import parse_method
 from contract.spec import JobSpec
-from profiler.attribution import OTHER, attribute, format_table, summarise
-from profiler.cuda_model import SM90
-from profiler.measure import build_trial
-from profiler.trials import trial_row
+from profiler.instruments.cuda_model import SM90
+from profiler.instruments.saved_by import OTHER, summarise
+from profiler.producers.attribution import attribute
+from profiler.producers.trials import trial_row
+from profiler.tables import format_table
+from profiler.trial.build import build_trial
 
 MODELS = ("bert-tiny", "t5-tiny", "llama-tiny")
 MODES = ("cpu", "estimate")
@@ -124,7 +126,7 @@ def test_lora_keeps_the_sampled_input_for_the_adapter():
 
 def test_deterministic():
     s = spec("t5-tiny", "estimate", "lora+wtacrs@0.3")
-    from profiler.attribution import attribute_spec
+    from profiler.producers.attribution import attribute_spec
 
     first = attribute_spec(s, "lora+wtacrs@0.3", BATCH)
     assert first == attribute_spec(s, "lora+wtacrs@0.3", BATCH)

@@ -14,9 +14,9 @@ from torch._dynamo.backends.common import aot_autograd
 
 from contract.methods import parse_method
 from contract.spec import JobSpec
-from profiler import compiled as compiled_steps
-from profiler import trials
+from profiler.producers import single, trials
 from profiler.runner import run_job
+from profiler.trial import compiled as compiled_steps
 from tests.profiler.test_maxbatch import track_built_models
 
 SPEC = {
@@ -70,8 +70,8 @@ def test_a_compiled_job_measures_the_compiled_step(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(trials, "measure_compiled_memory", counting(trials.measure_compiled_memory))
-    monkeypatch.setattr(trials, "measure_throughput", counting(trials.measure_throughput))
+    monkeypatch.setattr(single, "measure_compiled_memory", counting(single.measure_compiled_memory))
+    monkeypatch.setattr(single, "measure_throughput", counting(single.measure_throughput))
     compiled = _rows(compile=True)
     # every measured step ran the compiled graphs, forward and backward: memory's 2 steps, then
     # throughput's 1 warm-up and 2 timed ones (a storage tracker's dispatch mode once made Dynamo
@@ -108,7 +108,7 @@ def test_a_failed_compiled_trial_leaves_nothing_alive(monkeypatch):
         trial.forward_backward()  # the compiled step ran, holding graphs and a step's tensors
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trials, "measure_compiled_memory", out_of_memory)
+    monkeypatch.setattr(single, "measure_compiled_memory", out_of_memory)
     row = trials.trial_row(spec, parse_method("wtacrs@0.3"), 4)
     assert row.oom and row.compiled and row.oom_message.startswith("CUDA out of memory")
     gc.collect()

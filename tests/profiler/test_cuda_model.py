@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from profiler.cuda_model import SM90, _efficient_bias, cuda_kernels, sdpa_backend
+from profiler.instruments.cuda_model import SM90, _efficient_bias, cuda_kernels, sdpa_backend
 from wtacrs.memory import SavedTensorCounter
 
 

@@ -21,7 +21,7 @@ import transformers
 import wtacrs.patch
 from contract.methods import parse_method
 from contract.spec import JobSpec
-from profiler.trials import trial_row
+from profiler.producers.trials import trial_row
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIRS = (ROOT.parent / "shared" / "gpu-reference", ROOT / "benchmarks" / "gpu-reference")

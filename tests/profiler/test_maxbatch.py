@@ -3,7 +3,7 @@ import weakref
 
 import pytest
 
-from profiler.maxbatch import Probe, search
+from profiler.producers.maxbatch import Probe, search
 
 
 def affine(base, per_sample, limit, noise=None, measured_over=True):
@@ -73,7 +73,7 @@ class _DeviceLimit:
     def wrap(self, measure):
         import torch
 
-        from profiler.tracker import StorageTracker
+        from profiler.instruments.tracker import StorageTracker
 
         device = self
 
@@ -100,7 +100,8 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
 
     from contract.methods import parse_method
     from contract.spec import JobSpec
-    from profiler import measure, trials
+    from profiler.producers import single, trials
+    from profiler.trial import measure, mode
 
     spec = JobSpec.model_validate(
         {
@@ -116,10 +117,10 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
     )
     method = parse_method("full")
     sizing = _DeviceLimit(float("inf"))
-    monkeypatch.setattr(trials, "measure_memory", sizing.wrap(measure.measure_memory))
+    monkeypatch.setattr(single, "measure_memory", sizing.wrap(measure.measure_memory))
     trials.trial_row(spec, method, 24, throughput=False)
     device = _DeviceLimit(sizing.high)  # batch 24 is right at the limit
-    monkeypatch.setattr(trials, "measure_memory", device.wrap(measure.measure_memory))
+    monkeypatch.setattr(single, "measure_memory", device.wrap(measure.measure_memory))
 
     models = track_built_models(monkeypatch)
     leaks = []
@@ -128,7 +129,7 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
         gc.collect()
         leaks.extend(m for m in models if m() is not None)
 
-    monkeypatch.setattr(trials, "free_cached", checked_free)
+    monkeypatch.setattr(mode, "free_cached", checked_free)
 
     def fits_alone(b):
         return not trials.trial_row(spec, method, b, throughput=False).oom
@@ -147,15 +148,15 @@ def test_search_stays_exact_after_real_ooms(monkeypatch):
 
 def track_built_models(monkeypatch) -> list[weakref.ref]:
     """Weak references to the model of every trial built from now on (to check none outlives its row)."""
-    from profiler import trials
+    from profiler.trial import mode
 
     models = []
-    build = trials.build_trial
+    build = mode.build_trial
 
     def tracked_build(*args, **kwargs):
         trial = build(*args, **kwargs)
         models.append(weakref.ref(trial.model))
         return trial
 
-    monkeypatch.setattr(trials, "build_trial", tracked_build)
+    monkeypatch.setattr(mode, "build_trial", tracked_build)
     return models

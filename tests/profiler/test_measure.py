@@ -118,7 +118,7 @@ def test_cpu_throughput_fields():
 
 
 def test_a_kernel_failure_mid_run_is_the_jobs_error(monkeypatch):
-    from profiler import runner
+    from profiler import runner  # noqa: F401
     from wtacrs import kernels
 
     spec = {**BASE, "model": "bert-tiny", "methods": ["full"], "batch_sizes": [2]}
@@ -250,7 +250,7 @@ def test_optimizer_is_resolved_as_torch_does_and_recorded():
     import torch
     from torch.optim.optimizer import _default_to_fused_or_foreach
 
-    from profiler.measure import optimizer_impl
+    from profiler.trial.build import optimizer_impl
 
     base = {**BASE, "model": "bert-tiny", "methods": ["full"], "batch_sizes": [2]}
     params = [torch.nn.Parameter(torch.zeros(3))]

@@ -6,8 +6,8 @@ import torch
 
 from contract.methods import EXAMPLES, parse_method
 from contract.spec import JobSpec
-from profiler.methods import apply_method
 from profiler.runner import run_job
+from profiler.trial.methods import apply_method
 from tests.wtacrs.models import inputs, tiny
 
 BASE = {"seq_len": 32, "steps": 1, "warmup": 0, "measurements": ["peak_memory"], "batch_sizes": [4]}

@@ -7,10 +7,10 @@ from pydantic import ValidationError
 
 from contract.methods import parse_method
 from contract.spec import JobSpec
-from profiler import parallel
-from profiler.ranks import measured_rows
+from profiler.producers import parallel, sharding
+from profiler.producers.ranks import measured_rows
 from profiler.runner import run_job
-from profiler.zoo import build_model
+from profiler.trial.zoo import build_model
 
 METHODS = ["full", "wtacrs@0.3", "lora"]
 BASE = {"seq_len": 32, "batch_sizes": [4], "measurements": ["peak_memory"], "steps": 1, "warmup": 0}
@@ -82,7 +82,7 @@ def test_blocks_are_the_outermost_layer_list_items(model, expected):
     s = JobSpec.model_validate({"model": model, "methods": ["full"], **BASE})
     _, m = build_model(s)
     names = {id(mod): n for n, mod in m.named_modules()}
-    found = [names[id(b)] for b in parallel.blocks(m)]
+    found = [names[id(b)] for b in sharding.blocks(m)]
     assert found[: len(expected)] == expected
     assert not any(".layer." in n for n in found)  # a T5 block's own sub-layer list stays inside it
 
@@ -94,13 +94,13 @@ def test_no_unsharded_weight_outlives_fsdp_on_a_wtacrs_model():
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed.tensor import DTensor
 
-    from profiler.measure import build_trial
+    from profiler.trial.build import build_trial
     from wtacrs.patch import _STATE
 
     s = spec(device="estimate", methods=["wtacrs@0.3"], parallel={"strategy": "fsdp", "world_size": 2})
-    with parallel.fake_process_group(2) as mesh, FakeTensorMode(allow_non_fake_inputs=True) as fake:
+    with sharding.fake_process_group(2) as mesh, FakeTensorMode(allow_non_fake_inputs=True) as fake:
         trial = build_trial(s, parse_method("wtacrs@0.3"), 2, torch.device("cpu"), fake)
-        model = parallel.wrap(trial.model, s, torch.device("cpu"), mesh, traced=True)
+        model = sharding.wrap(trial.model, s, torch.device("cpu"), mesh, traced=True)
         patched = next(m for m in model.modules() if hasattr(m, _STATE))
         kept = [old for _, old, _ in getattr(patched, _STATE)["replaced"]]
         assert kept and all(p is None for old in kept for p in old._parameters.values())
@@ -109,7 +109,7 @@ def test_no_unsharded_weight_outlives_fsdp_on_a_wtacrs_model():
 
 def estimate(method: str, strategy: str, world_size: int, **kw):
     s = spec(device="estimate", parallel={"strategy": strategy, "world_size": world_size}, **kw)
-    return parallel.parallel_trial_row(s, parse_method(method), 4)
+    return parallel.trial_row(s, parse_method(method), 4)
 
 
 def test_fsdp_shards_parameters_gradients_and_optimizer_state():
@@ -131,7 +131,7 @@ def test_estimate_of_a_cuda_rank_with_mixed_precision_and_checkpointing():
         methods=["checkpointing"],
         parallel={"strategy": "fsdp", "world_size": 8, "mixed_precision": "bf16", "reshard_after_forward": False},
     )
-    row = parallel.parallel_trial_row(s, parse_method("checkpointing"), 4)
+    row = parallel.trial_row(s, parse_method("checkpointing"), 4)
     assert row.error is None and row.estimate_device == "cuda-sm90" and row.workspace_bytes > 0
     assert row.peak_bytes >= row.first_step_peak_bytes > row.workspace_bytes
 
@@ -163,8 +163,8 @@ def _gloo_reduce_scatter_allowance(model: str) -> int:
     above the trace by up to 1.5x the largest FSDP group's flat gradient (4 bytes a parameter):
     the root group for both tiny models (bert-tiny's 30522 x 128 word embedding)."""
     _, m = build_model(JobSpec.model_validate({"model": model, "methods": ["full"], **BASE}))
-    in_blocks = {id(p) for b in parallel.blocks(m) for p in b.parameters()}
-    groups = [sum(p.numel() for p in b.parameters()) for b in parallel.blocks(m)]
+    in_blocks = {id(p) for b in sharding.blocks(m) for p in b.parameters()}
+    groups = [sum(p.numel() for p in b.parameters()) for b in sharding.blocks(m)]
     groups.append(sum(p.numel() for p in m.parameters() if id(p) not in in_blocks))
     return int(1.5 * 4 * max(groups))
 
@@ -181,7 +181,7 @@ def test_measured_ranks_match_the_trace_of_rank_0(model, strategy):
         assert m.error is None and not m.oom, m
         assert m.measured and m.mode == "cpu" and [r.rank for r in m.ranks] == [0, 1]
         assert m.peak_bytes == max(r.peak_bytes for r in m.ranks) and m.peak_spread_bytes >= 0
-        e = parallel.parallel_trial_row(spec(device="estimate", estimate_device="cpu", **kw), parse_method(m.method), 4)
+        e = parallel.trial_row(spec(device="estimate", estimate_device="cpu", **kw), parse_method(m.method), 4)
         # DDP rebuilds its buckets before the second step (the trace keeps the first set: rebuilding
         # reads a broadcast back in C++). Under load, gloo's worker thread sometimes still holds the
         # old set through the last all-reduce's work when the new one is made: seen once, +1 set exactly
@@ -226,7 +226,7 @@ def test_cuda_ranks_with_nccl():
     s = spec(device="cuda", parallel={"strategy": "fsdp", "world_size": 2})
     (row,) = measured_rows(s, [parse_method("full")], 4)
     assert row.error is None and row.mode == "cuda" and len(row.ranks) == 2
-    e = parallel.parallel_trial_row(
+    e = parallel.trial_row(
         spec(device="estimate", parallel={"strategy": "fsdp", "world_size": 2}), parse_method("full"), 4
     )
     assert e.peak_bytes == pytest.approx(row.peak_bytes, rel=0.05)
@@ -237,7 +237,7 @@ def _rank_check(rank: int, port: int, seed: int, out) -> None:
 
     import torch.distributed as dist
 
-    from profiler.ranks import same_model_on_every_rank
+    from profiler.producers.ranks import same_model_on_every_rank
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
@@ -259,7 +259,7 @@ def test_ranks_that_built_different_models_are_refused(same):
     check that one seed built one model everywhere, which is what makes the replicas one."""
     import multiprocessing
 
-    from profiler.ranks import _free_port
+    from profiler.producers.ranks import _free_port
 
     ctx = multiprocessing.get_context("spawn")
     out, port = ctx.Queue(), _free_port()

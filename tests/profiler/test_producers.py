@@ -3,7 +3,7 @@ memory_attribution gets typed attribution rows through the runner, as the worker
 
 from contract.measurements import MEASUREMENTS
 from contract.spec import JobSpec
-from profiler.producers import PRODUCERS, producers_for
+from profiler.producers.registry import PRODUCERS, producers_for
 from profiler.runner import run_job, units_per_method
 
 

@@ -4,7 +4,7 @@ import gc
 
 import torch
 
-from profiler.tracker import StorageTracker
+from profiler.instruments.tracker import StorageTracker
 
 MIB = 2**20
 

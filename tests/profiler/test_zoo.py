@@ -8,7 +8,7 @@ import transformers
 from contract.presets import PRESETS
 from contract.spec import JobSpec
 from profiler.runner import run_job
-from profiler.zoo import build_config, make_batch, resolve
+from profiler.trial.zoo import build_config, make_batch, resolve
 from tests.grid import family_grid
 from wtacrs.families import FAMILIES, family
 
@@ -27,7 +27,7 @@ def _job(model, device):
     return run_job(JobSpec.model_validate(spec), isolate=False).model_dump(mode="json")
 
 
-# every family traces, OPT's LayerDrop draw included (profiler.measure.real_random_scalars)
+# every family traces, OPT's LayerDrop draw included (profiler.trial.build.real_random_scalars)
 @pytest.mark.parametrize("name,device", family_grid(FAMILIES, ("cpu", "estimate")))
 def test_every_family_runs_a_job(name, device):
     # the family's tiny test config as overrides: the path a user takes for a model without a preset

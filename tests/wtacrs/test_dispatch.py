@@ -104,7 +104,7 @@ def test_each_call_takes_its_route():
 
 
 def test_a_direct_call_names_its_op_for_the_profiler():
-    # profiler.attribution names a saver by its grad_fn: the op's name, whichever route ran it
+    # profiler.instruments.saved_by names a saver by its grad_fn: the op's name, whichever route ran it
     x = torch.randn(4, 8, requires_grad=True)
     y = savers.BitReLU()(x * 1.0)
     assert type(y.grad_fn).__name__.startswith("Direct_wtacrs_bit_relu")

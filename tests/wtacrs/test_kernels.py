@@ -222,7 +222,7 @@ def check_gather(x_dtype: str, out_dtype: str, n: int, d: int, k: int, strided: 
 
 def _reference_weights(x, tables, factors):
     x2 = x.reshape(-1, x.shape[-1])
-    from wtacrs.norms import running_factor
+    from wtacrs.grad_norm_history import running_factor
 
     w = torch.linalg.vector_norm(x2, dim=1, dtype=torch.float32)
     g = [running_factor(t, x.shape) for t in tables] + list(factors)
@@ -704,7 +704,7 @@ def _differ_only_within_rounding(x, tables, u, got_idx, ref_idx, ref_scale):
     n, d = x.numel() // x.shape[-1], x.shape[-1]
     depth = math.ceil(math.log2(n)) + math.ceil(math.log2(d)) + math.ceil(math.log2(x.shape[-2])) + 32
     x2 = x.reshape(n, d).double()
-    from wtacrs.norms import running_factor
+    from wtacrs.grad_norm_history import running_factor
 
     g = sum(running_factor(t.double(), x.shape) ** 2 for t in tables)
     w = x2.norm(dim=1) * g.sqrt()
@@ -782,7 +782,7 @@ def test_cuda_model_step_same_with_and_without_kernels(monkeypatch, family):
     grads = {}
     for flag in ("strict", "0"):
         monkeypatch.setenv("WTACRS_TRITON", flag)
-        model = copy.deepcopy(base)  # fresh gradient-norm trackers: the same probabilities
+        model = copy.deepcopy(base)  # fresh gradient-norm histories: the same probabilities
         for _ in range(2):  # the second step samples with the running tables the first filled
             model.zero_grad()
             torch.manual_seed(1)

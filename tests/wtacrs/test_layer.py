@@ -94,7 +94,7 @@ def test_layers_reading_one_tensor_share_one_sample_within_a_forward():
     y.sum().backward()
     assert all(m.weight.grad is not None for m in (model.q, model.k, model.v))
     # the sampling layer learned who shares its input; their gradient factors join its own
-    assert [id(t) for t in model.q.partners] == [id(model.k.tracker), id(model.v.tracker)]
+    assert [id(t) for t in model.q.partners] == [id(model.k.norm_history), id(model.v.norm_history)]
     without = wtacrs.apply_wtacrs(_QKV(), WTACRSConfig(ratio=0.25, target_modules=("^[qkv]$",), share_inputs=False))
     assert saved_bytes(without, x)[0] == 3 * (10 * 16 * 4 + 10 * 4) + elementwise
 
@@ -189,10 +189,10 @@ def test_running_norm_source_learns_which_positions_carry_gradient():
     g[:, 0] = 1.0  # only position 0 matters, like a [CLS] head
     for _ in range(2):
         (gw,) = torch.autograd.grad(layer(x), layer.weight, g)
-    table = layer.tracker.table
+    table = layer.norm_history.table
     assert table[0] > 100 * table[1:].max()
     torch.testing.assert_close(gw, g.reshape(-1, 4).t() @ x.reshape(-1, 8), rtol=1e-4, atol=1e-4)
-    assert layer.tracker.nbytes() == 8 * 4
+    assert layer.norm_history.nbytes() == 8 * 4
 
 
 def test_example_norm_source_needs_ids_and_reports_its_memory():
@@ -204,9 +204,9 @@ def test_example_norm_source_needs_ids_and_reports_its_memory():
     ids = torch.tensor([3, 50, 7, 99])
     with wtacrs.example_ids(ids):
         layer(x).pow(2).sum().backward()
-    tracker = layer.tracker
-    assert tracker.seen[ids].all() and tracker.seen.sum() == 4
-    assert tracker.nbytes() == 100 * 8 * 2 + 100 + 4
+    norm_history = layer.norm_history
+    assert norm_history.seen[ids].all() and norm_history.seen.sum() == 4
+    assert norm_history.nbytes() == 100 * 8 * 2 + 100 + 4
     with pytest.raises(ValueError, match="has 2 ids but the batch has 4"):
         with wtacrs.example_ids(ids[:2]):
             layer(x)

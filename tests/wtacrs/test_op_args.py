@@ -53,7 +53,7 @@ def test_a_call_packed_by_keyword_is_the_positional_call():
     x, w = torch.randn(2, 3, 8), torch.randn(4, 8)
     args = linear_ops.LinearArgs(
         x=x, weight=w, bias=None, cast_weight=None, cast_bias=None, saved=[x], kept_as="full", transposed=False,
-        **linear_ops.source_args(None), tracker=-1, ids=None,
+        **linear_ops.source_args(None), norm_history=-1, ids=None,
     )  # fmt: skip
     assert linear_ops.LinearArgs._make(tuple(args)) == args
     torch.testing.assert_close(linear_ops.linear(*args), torch.nn.functional.linear(x, w))

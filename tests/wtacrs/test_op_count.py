@@ -31,7 +31,7 @@ class _Count(TorchDispatchMode):
 
 
 def _step_ops(model, batch) -> collections.Counter:
-    model(**batch).loss.backward()  # warm-up: lazy state (trackers, masks) exists from here on
+    model(**batch).loss.backward()  # warm-up: lazy state (norm histories, masks) exists from here on
     count = _Count()
     with count:
         model(**batch).loss.backward()
@@ -87,8 +87,8 @@ def test_a_layer_compiles_with_fullgraph(norm_source):
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
     if norm_source == "running":
-        torch.testing.assert_close(twin.tracker.table, eager.tracker.table)
-        assert bool(twin.tracker.started)
+        torch.testing.assert_close(twin.norm_history.table, eager.norm_history.table)
+        assert bool(twin.norm_history.started)
 
 
 def test_ratio_one_stays_exact_when_compiled():

@@ -3,7 +3,7 @@
 1. `_row_weights_kernel` (one program per block of rows): w_i = ||x_i|| * g_i, the row norm in
    fp32 and the gradient-norm factor g_i = sqrt(sum_t (table_t[i % L] + 0.2 mean(table_t[:L]) +
    tiny)^2 + sum_f factor_f[i]^2) built from the running tables in the kernel (up to four; the
-   per-example factors, which the tracker gathers from its cache, come in as one precomputed
+   per-example factors, which the gradient-norm history gathers from its cache, come in as one precomputed
    sum of squares).
 2. `torch.topk(w, k)`: the k heaviest rows, sorted (only for "wta"; "topk" is just this).
 3. `_plan_kernel` (one program, looping over N and k in blocks): normalisation p = w / sum w,
@@ -30,12 +30,12 @@ from .dtypes import kind, to_kind
 
 MAX_TABLES = 4
 _TINY = float(torch.finfo(torch.float32).tiny)
-_FLOOR = 0.2  # wtacrs.norms._FLOOR
+_FLOOR = 0.2  # wtacrs.grad_norm_history._FLOOR
 
 
 @triton.jit
 def _table_factor_sq(t_ptr, pos, seq, BLOCK_S: tl.constexpr):
-    """(table[pos] + 0.2 * mean(table[:seq]) + tiny)^2: `norms.running_factor`'s g_i, squared."""
+    """(table[pos] + 0.2 * mean(table[:seq]) + tiny)^2: `grad_norm_history.running_factor`'s g_i, squared."""
     total = tl.zeros([BLOCK_S], dtype=tl.float32)
     for s0 in range(0, seq, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
@@ -191,7 +191,7 @@ def row_weights(x2: torch.Tensor, tables: list[torch.Tensor], factors: list[torc
     fused, extra = tables[:MAX_TABLES], tables[MAX_TABLES:]
     sq = None
     if factors or extra:
-        from ..norms import running_factor  # the rare path: more tables than the kernel takes
+        from ..grad_norm_history import running_factor  # the rare path: more tables than the kernel takes
 
         shape = (n // seq, seq, d)
         parts = [running_factor(t, shape) for t in extra] + list(factors)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 _EXAMPLE_IDS: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("wtacrs_example_ids", default=None)
 _FLOOR = 0.2  # defensive mixture: g + 0.2 * mean(g) bounds the variance when history misleads
-_TRACKERS: weakref.WeakValueDictionary[int, GradNormTracker] = weakref.WeakValueDictionary()
+_HISTORIES: weakref.WeakValueDictionary[int, GradNormHistory] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count()
 
 
@@ -44,7 +44,7 @@ def _batch_positions(shape: torch.Size) -> tuple[int, int] | None:
     return (int(torch.Size(shape[:-2]).numel()), seq)
 
 
-class GradNormTracker:
+class GradNormHistory:
     """Per-layer history of output-gradient row norms; tensors live on the input's device."""
 
     def __init__(self, mode: str, momentum: float = 0.9, num_examples: int | None = None):
@@ -60,13 +60,13 @@ class GradNormTracker:
         self._register()
 
     def _register(self) -> None:
-        # what the backward op names this tracker by (-1: nothing to track)
+        # what the backward op names this history by (-1: nothing to track)
         self.handle = -1 if self.mode == "activation" else next(_HANDLES)
         if self.handle >= 0:
-            _TRACKERS[self.handle] = self
+            _HISTORIES[self.handle] = self
 
     def __setstate__(self, state: dict) -> None:
-        # a copy (copy.deepcopy, pickle) is another tracker: it gets its own handle
+        # a copy (copy.deepcopy, pickle) is another history: it gets its own handle
         self.__dict__.update(state)
         self._register()
 
@@ -150,16 +150,16 @@ def running_factor(table: Tensor, x_shape) -> Tensor:
     return _floored(table[:seq].unsqueeze(0).expand(batch, seq)).reshape(-1)
 
 
-def update_tracker(handle: int, grad_out: Tensor, x_shape: list[int], ids: Tensor | None) -> None:
-    tracker = _TRACKERS.get(handle)
-    if tracker is not None:
-        tracker.update(grad_out, torch.Size(x_shape), ids)
+def update_norm_history(handle: int, grad_out: Tensor, x_shape: list[int], ids: Tensor | None) -> None:
+    norm_history = _HISTORIES.get(handle)
+    if norm_history is not None:
+        norm_history.update(grad_out, torch.Size(x_shape), ids)
 
 
 def update_state(
     state: list[Tensor], grad_out: Tensor, x_shape: list[int], ids: Tensor | None, momentum: float
 ) -> None:
-    """Fold this step's ||dY_i|| into a tracker's `state` in place, without reading a value on the
+    """Fold this step's ||dY_i|| into a history's `state` in place, without reading a value on the
     host: the first update copies (the `started` flag picks it with a `where`)."""
     batch, seq = _batch_positions(x_shape)
     norms = torch.linalg.vector_norm(grad_out, dim=-1, dtype=torch.float32).reshape(batch, seq)

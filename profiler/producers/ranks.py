@@ -5,7 +5,6 @@ and its step time. Ranks report through a file each; `merge_ranks` makes one row
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -22,18 +21,13 @@ from contract.methods import Method, parse_method
 from contract.rows import TrialRow
 from contract.spec import JobSpec
 
-from .measure import (
-    FIRST_STEP,
-    STEADY,
-    CPUAllocatorRecord,
-    build_trial,
-    free_cached,
-    measure_throughput,
-    reconcile,
-    release,
-)
-from .parallel import RankTracker, distributed, failure, sharded_trial
-from .trials import base_row
+from ..instruments.cpu_allocator import FIRST_STEP, STEADY, CPUAllocatorRecord
+from ..trial.measure import measure_throughput, reconcile
+from ..trial.mode import trial_in_mode
+from .base import base_row
+from .outcome import failure
+from .processes import die_with_parent
+from .sharding import RankTracker, distributed, sharded_trial
 
 
 def measured_rows(spec: JobSpec, methods: list[Method], batch_size: int, throughput: bool = True) -> list[TrialRow]:
@@ -84,7 +78,7 @@ def _free_port() -> int:
 
 
 def launch(spec: JobSpec, methods: list[Method], batch_size: int, throughput: bool) -> list[list[dict]]:
-    """Run every rank as a process (`python -m profiler.ranks`), each measuring the methods in
+    """Run every rank as a process (`python -m profiler.producers.ranks`), each measuring the methods in
     turn; per method, the ranks' reports. A rank that fails stops (the others would wait in a
     collective forever), so they are stopped too, and the methods after it are not run."""
     n = spec.parallel.world_size
@@ -93,7 +87,7 @@ def launch(spec: JobSpec, methods: list[Method], batch_size: int, throughput: bo
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device on this host")
         if torch.cuda.device_count() < n:
             raise RuntimeError(f"world_size {n} needs {n} GPUs; this worker sees {torch.cuda.device_count()}")
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
@@ -105,7 +99,7 @@ def launch(spec: JobSpec, methods: list[Method], batch_size: int, throughput: bo
         procs = []
         for rank in range(n):
             with open(Path(tmp, f"{rank}.err"), "wb") as err:
-                cmd = [sys.executable, "-m", "profiler.ranks", tmp, str(rank)]
+                cmd = [sys.executable, "-m", "profiler.producers.ranks", tmp, str(rank)]
                 procs.append(subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=err))
         deadline = time.monotonic() + spec.timeout_s
         try:
@@ -170,7 +164,6 @@ def run_rank(spec: JobSpec, methods: list[Method], batch_size: int, rank: int, p
                 report |= _measure_rank(spec, method, batch_size, device, mesh, throughput)
             except Exception as err:
                 report |= failure(err)
-            free_cached()
             yield report
             if _failed(report):
                 return
@@ -179,22 +172,20 @@ def run_rank(spec: JobSpec, methods: list[Method], batch_size: int, rank: int, p
 
 
 def _measure_rank(spec: JobSpec, method: Method, batch_size: int, device, mesh, throughput: bool) -> dict:
-    trial = None
-    try:
-        tracker = RankTracker()
-        with contextlib.nullcontext() if device.type == "cuda" else CPUAllocatorRecord() as record:
-            trial = build_trial(spec, method, batch_size, device)  # the same seed on every rank
-            same_model_on_every_rank(trial.model, device)
-            out = sharded_trial(spec, trial, device, mesh, tracker, spec.device)
-        if record is not None:  # the allocator's count over the steps (wrapping's transient left out)
+    tracker = RankTracker()
+    with trial_in_mode(spec, method, batch_size, device=device) as run:  # the same seed on every rank
+        same_model_on_every_rank(run.trial.model, device)
+        out = sharded_trial(spec, run.trial, device, mesh, tracker, spec.device)
+        record = run.leave_mode()
+        if isinstance(
+            record, CPUAllocatorRecord
+        ):  # the allocator's count over the steps (wrapping's transient left out)
             out["first_step_peak_bytes"] = record.peak(FIRST_STEP)
             out["peak_bytes"] = max(record.peak(r) for r in (FIRST_STEP, STEADY))
             reconcile(out)  # the breakdowns sum to these peaks
         if throughput and "throughput" in spec.measurements:
-            out |= measure_throughput(trial, spec, batch_size * spec.seq_len, batch_size)
+            out |= measure_throughput(run.trial, spec, batch_size * spec.seq_len, batch_size)
         return out
-    finally:
-        release(trial)
 
 
 def same_model_on_every_rank(model: torch.nn.Module, device: torch.device) -> None:
@@ -213,8 +204,6 @@ def same_model_on_every_rank(model: torch.nn.Module, device: torch.device) -> No
 
 
 def _main(folder: str, rank: int) -> None:
-    from .runner import die_with_parent
-
     die_with_parent()
     task = json.loads(Path(folder, "task.json").read_text())
     reports: list[dict] = []

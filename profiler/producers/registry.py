@@ -12,6 +12,9 @@ from contract.methods import Method
 from contract.rows import AttributionRow, Row
 from contract.spec import JobSpec
 
+from .outcome import failure
+from .progress import announce
+
 Tick = Callable[[str], None]
 
 
@@ -22,32 +25,30 @@ class Producer:
 
 
 def _trials(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
-    from . import trials
+    from .trials import trial_row
 
-    for b in spec.batch_sizes:
-        yield [trials.trial_row(spec, method, b)]
+    verb = "tracing" if spec.device == "estimate" else "measuring"
+    for i, b in enumerate(spec.batch_sizes, 1):
+        announce(f"{verb} batch {b} ({i} of {len(spec.batch_sizes)})")
+        yield [trial_row(spec, method, b)]
 
 
 def _max_batch(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
-    from . import trials
+    from .trials import max_batch_row
 
-    yield [trials.max_batch_row(spec, method)]
+    yield [max_batch_row(spec, method)]
 
 
 def _attribution(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
-    from . import trials
     from .attribution import attribute_spec
 
     batch = max(spec.batch_sizes)  # where memory matters most among the sizes asked for
+    announce(f"attributing saved memory at batch {batch}")
     row: dict = {"method": method.name, "batch_size": batch, "mode": spec.device}
     try:
         row = attribute_spec(spec, method.name, batch)
     except Exception as err:  # as for a trial: an OOM is a measurement, anything else this row's error
-        if trials.is_oom(err):
-            row["oom"] = True
-        else:
-            row["error"] = f"{type(err).__name__}: {err}"
-    trials.free_cached()
+        row.update(failure(err))
     yield [AttributionRow.model_validate(row)]
 
 
@@ -57,17 +58,18 @@ def _has_fidelity(method: Method) -> bool:
 
 
 def _fidelity(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
-    from . import trials
+    from .fidelity import fidelity_rows
 
     if _has_fidelity(method):  # an exact method's gradient has no error to measure
-        yield trials.fidelity_rows(spec, method, min(spec.batch_sizes))
+        announce(f"gradient fidelity at batch {min(spec.batch_sizes)}")
+        yield fidelity_rows(spec, method, min(spec.batch_sizes))
 
 
 def _convergence(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
-    from . import trials
+    from ..trial.mode import device_for
     from .convergence import convergence_row
 
-    yield [convergence_row(spec, method, trials.device_for(spec), tick)]
+    yield [convergence_row(spec, method, device_for(spec), tick)]
 
 
 _TRIALS = Producer(_trials, lambda spec, method: len(spec.batch_sizes))

@@ -21,10 +21,11 @@ from contract.methods import Method
 from contract.rows import ConvergenceRow
 from contract.spec import JobSpec
 
-from .measure import CPUAllocatorRecord, autocast, make_optimizer
-from .methods import apply_method
-from .textdata import Encoded, default_sst2_path, read_tsv, split
-from .zoo import load_pretrained
+from ..instruments.cpu_allocator import CPUAllocatorRecord
+from ..trial.build import autocast, make_optimizer
+from ..trial.methods import apply_method
+from ..trial.textdata import Encoded, default_sst2_path, read_tsv, split
+from ..trial.zoo import load_pretrained
 
 PEAK_STEPS = 2  # CPU: the allocator record spans this many steps (the second has optimizer state)
 
@@ -177,6 +178,6 @@ def convergence_row(spec: JobSpec, method: Method, device: torch.device, tick: C
 def _examples_seen(model) -> int | None:
     """How many training examples have a cached norm (norm_source='example'), else None."""
     for _, layer in wtacrs.wtacrs_layers(model):
-        if layer.tracker.seen is not None:
-            return int(layer.tracker.seen.sum())
+        if layer.norm_history.seen is not None:
+            return int(layer.norm_history.seen.sum())
     return None

@@ -20,12 +20,29 @@ class SearchResult:
     capped: bool = False  # the answer is the spec's upper bound, not a measured limit
 
 
-def search(probe: Callable[[int], Probe], limit_bytes: float | None, upper: int) -> SearchResult:
-    seen: dict[int, Probe] = {}
-    lo, hi = 0, upper + 1  # lo: largest known fit; hi: smallest known failure (upper + 1: none yet)
-    guess, bisect_next = 1, False
+def search(
+    probe: Callable[[int], Probe],
+    limit_bytes: float | None,
+    upper: int,
+    known: dict[int, Probe] | None = None,
+    on_probe: Callable[[int, int, int, int], None] | None = None,
+) -> SearchResult:
+    """The largest batch in [0, upper] that fits. `known`: probes already measured (a job's batch
+    sweep), which start the bracket and the prediction, so the search begins near the answer; the
+    answer is still confirmed by probing (B fits and B+1 does not, unless B is 0 or upper).
+    `on_probe(n, batch, lo, hi)` is told before each new probe (n from 1)."""
+    seen: dict[int, Probe] = {b: p for b, p in (known or {}).items() if 1 <= b <= upper}
+    lo = max((b for b, p in seen.items() if p.fits), default=0)  # the largest known fit
+    hi = min((b for b, p in seen.items() if not p.fits and b > lo), default=upper + 1)  # upper + 1: none yet
+    guess, bisect_next = (_predict(seen, lo, hi, limit_bytes, upper) if lo else 1), False
+    probes = 0
     while hi - lo > 1:
-        result = seen.get(guess) or probe(guess)
+        result = seen.get(guess)
+        if result is None:
+            probes += 1
+            if on_probe is not None:
+                on_probe(probes, guess, lo, hi)
+            result = probe(guess)
         seen[guess] = result
         width = hi - lo
         if result.fits:

@@ -22,8 +22,8 @@ def git_revision() -> str | None:
         return None
 
 
-def describe(mode: str, spec=None) -> dict:
-    """The host, the versions and, given the job's spec (a JobSpec), the optimizer that runs."""
+def describe(mode: str) -> dict:
+    """The host and the versions (the runner adds the optimizer a job's spec resolves to)."""
     import torch
     import transformers
 
@@ -44,10 +44,6 @@ def describe(mode: str, spec=None) -> dict:
         "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
         "torch_threads": torch.get_num_threads(),
     }
-    if spec is not None:
-        from .measure import optimizer_impl
-
-        env.update(optimizer=spec.optimizer, optimizer_impl=optimizer_impl(spec))
     if mode == "cuda" and torch.cuda.is_available():
         from wtacrs import kernels
 

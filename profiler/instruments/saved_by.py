@@ -1,7 +1,6 @@
-"""Where saved memory goes: the bytes a first training step keeps for backward, by module and op.
-
-One forward and backward of a trial, in any mode (cuda, cpu, estimate under FakeTensorMode with
-the trial's CUDA kernel choices). The profiler's `SavedTensorCounter` sees every saved tensor
+"""Who saved what for backward: a saved-tensor counter that records, per storage, the module and
+the op that saved it, and the bounded tables made of those records (producers/attribution.py runs
+one forward and backward of a trial with it, in any mode). The profiler's `SavedTensorCounter` sees every saved tensor
 through its saved-tensor hook (hooks do not nest, so it is the one hook, and it forwards to the
 storage tracker as in `measure_memory`); this subclass also records, for each storage it counts,
 the module whose forward was running and the op that saved it. Each storage is counted once, by
@@ -28,8 +27,6 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from wtacrs.memory import SavedTensorCounter
-
-from .tracker import StorageTracker
 
 MIB = 2**20
 TOP_MODULES = 200
@@ -75,7 +72,7 @@ def _saver_from_frames(depth: int = 4) -> str | None:
         if frame.f_code is _APPLY:
             caller = frame.f_back
             if caller is not None and caller.f_code.co_filename.endswith(_CHECKPOINT):
-                # a Function checkpoint applies to hold a region's inputs (NoopSaveInputs, torch 2.11)
+                # reentrant checkpointing holds a region's inputs by applying its CheckpointFunction
                 return "checkpoint_inputs"
             return _function_name(frame)
         if frame.f_code.co_filename.endswith(_CHECKPOINT):
@@ -195,92 +192,3 @@ def summarise(records, model: torch.nn.Module, block: int = 1, top: int = TOP_MO
             {"module": name, "bytes": sum(c.values()), "ops": _top(c, TOP_OPS)} for name, c in grouped[:TOP_GROUPS]
         ],
     }
-
-
-def attribute(trial, mode: str, method: str = "", top: int = TOP_MODULES) -> dict:
-    """One first training step of `trial` (a `measure.Trial`), its saved bytes by module and op.
-
-    `mode` is the trial's: "cuda", "cpu" or "estimate" (then build the trial under FakeTensorMode
-    and call this inside it; `trial.kernels` says which CUDA device's kernels the trace follows and
-    its allocator block, which the bytes are rounded to). Returns a JSON-serialisable dict:
-    method, batch_size, mode, [estimate_device], total_bytes (sum over modules, rounded to
-    block_bytes), raw_bytes (the same storages unrounded: the trial row's activation_bytes),
-    peak_activation_bytes (those of them still alive at the step's peak: the breakdown's
-    activations), modules (the `top` largest, then an "(other)" entry; each with module path,
-    type, bytes, ops {op: bytes}), module_count, ops {op: bytes}, and groups (module paths with
-    layer indices folded, e.g. encoder.block.*.layer.0.SelfAttention).
-    The step leaves gradients behind, as `forward_backward` does; the optimizer does not step.
-    """
-    block = trial.kernels.round_bytes if trial.kernels else 1
-    tracker = StorageTracker(block=block)
-    counter = AttributingCounter(trial.model, on_pack=tracker.saved)
-    with tracker.watch(trial.model, trial.optimizer):
-        tracker.reset_peak()
-        trial.forward_backward(counter)
-    out = {
-        "method": method,
-        "batch_size": _batch_size(trial.batch),
-        "mode": mode,
-    }
-    if trial.kernels:
-        out["estimate_device"] = trial.kernels.name
-    out.update(summarise(counter.records, trial.model, block, top))
-    out["peak_activation_bytes"] = tracker.peak_breakdown()["activations"]
-    return out
-
-
-def _batch_size(batch: dict) -> int | None:
-    for v in batch.values():
-        if isinstance(v, torch.Tensor) and v.dim():
-            return int(v.shape[0])
-    return None
-
-
-def attribute_spec(spec, method: str, batch_size: int) -> dict:
-    """`attribute` for one (method, batch size) of a JobSpec, in the spec's device mode."""
-    from contract.methods import parse_method
-
-    from .cuda_model import SM90
-    from .measure import build_trial, free_cached, release
-
-    kernels = SM90 if spec.device == "estimate" and spec.estimate_device == SM90.name else None
-    device = torch.device("cuda" if spec.device == "cuda" else "cpu")
-    trial = None
-    if spec.device == "estimate":
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        context = FakeTensorMode(allow_non_fake_inputs=True)
-    else:
-        context = contextlib.nullcontext()
-    try:
-        with context as fake_mode:
-            trial = build_trial(spec, parse_method(method), batch_size, device, fake_mode, kernels)
-            return attribute(trial, spec.device, method)
-    finally:
-        release(trial)
-        del trial
-        free_cached()
-
-
-def format_table(attribution: dict, top: int = 20, ops_per_row: int = 3) -> str:
-    """A plain-text table for the CLI: module, bytes (in MiB, or KiB for a tiny model), its largest ops."""
-    rows = attribution["modules"][:top]
-    name, size = ("MiB", MIB) if attribution["total_bytes"] >= 10 * MIB else ("KiB", 2**10)
-    width = max([len(_label(r["module"])) for r in rows] + [6])
-    head = (
-        f"saved for backward: {attribution['method'] or '?'} batch {attribution['batch_size']} ({attribution['mode']})"
-    )
-    lines = [head, f"{'module':<{width}}  {name:>9}  top ops"]
-    for r in rows:
-        ops = sorted(r["ops"].items(), key=lambda kv: (-kv[1], kv[0]))[:ops_per_row]
-        text = ", ".join(f"{op} {b / size:.1f}" for op, b in ops)
-        lines.append(f"{_label(r['module']):<{width}}  {r['bytes'] / size:>9.1f}  {text}")
-    shown = sum(r["bytes"] for r in rows)
-    if len(attribution["modules"]) > len(rows):
-        lines.append(f"{'(rest)':<{width}}  {(attribution['total_bytes'] - shown) / size:>9.1f}")
-    lines.append(f"{'total':<{width}}  {attribution['total_bytes'] / size:>9.1f}")
-    return "\n".join(lines)
-
-
-def _label(module: str) -> str:
-    return module if module else "<root>"

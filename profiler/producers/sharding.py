@@ -1,4 +1,5 @@
-"""DDP and FSDP trials, per rank: `trials.trial_row` comes here when spec.parallel.strategy != "none".
+"""DDP and FSDP as one rank sees them: the process group, wrapping a trial's model, and the
+storage tracker and saved-tensor counter that count a rank's shards (parallel.py and ranks.py use them).
 
 Sharding and collectives are PyTorch's own (`fully_shard`, `DistributedDataParallel`); nothing here
 simulates them. The method (LoRA, WTA-CRS, checkpointing) is applied first, then FSDP2 shards each
@@ -25,14 +26,12 @@ import inspect
 
 import torch
 
-from contract.methods import Method
-from contract.rows import TrialRow
 from contract.spec import JobSpec
 from wtacrs.memory import SavedTensorCounter
 
-from .cuda_model import SM90
-from .measure import Trial, build_trial, free_cached, make_optimizer, measure_memory, release
-from .tracker import StorageTracker
+from ..instruments.tracker import StorageTracker
+from ..trial.build import Trial, make_optimizer
+from ..trial.measure import measure_memory
 
 
 def distributed():
@@ -204,47 +203,3 @@ def sharded_trial(spec: JobSpec, trial: Trial, device, mesh, tracker: RankTracke
         trial.model = wrap(trial.model, spec, device, mesh, traced=trial.traced)
     trial.optimizer = make_optimizer(spec, trial.model)  # over the shards; the old one held full tensors
     return measure_memory(trial, mode, tracker, RankSavedCounter(trial.model, tracker))
-
-
-def _estimate(spec: JobSpec, method: Method, batch_size: int, row: dict) -> None:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    kernels = SM90 if spec.estimate_device == SM90.name else None
-    device = torch.device("cpu")
-    row["rank"] = 0
-    trial = None
-    try:
-        with fake_process_group(spec.parallel.world_size) as mesh, FakeTensorMode(allow_non_fake_inputs=True) as fake:
-            trial = build_trial(spec, method, batch_size, device, fake, kernels)
-            tracker = RankTracker(block=kernels.round_bytes if kernels else 1)
-            row.update(sharded_trial(spec, trial, device, mesh, tracker, "estimate"))
-    finally:
-        release(trial)
-        del trial
-        free_cached()
-
-
-def parallel_trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
-    if spec.device == "estimate":
-        from .trials import base_row, memory_limit
-
-        row = base_row(spec, method, batch_size)
-        row["estimate_device"] = spec.estimate_device
-        try:
-            _estimate(spec, method, batch_size, row)
-            limit = memory_limit(spec)
-            row["oom"] = limit is not None and row["peak_bytes"] > limit
-        except Exception as err:
-            row.update(failure(err))
-        return TrialRow.model_validate(row)
-    from .ranks import measured_rows
-
-    return measured_rows(spec, [method], batch_size, throughput)[0]
-
-
-def failure(err: BaseException) -> dict:
-    from .trials import is_oom
-
-    if is_oom(err):
-        return {"oom": True, "oom_message": str(err).split("\n")[0][:300]}
-    return {"error": f"{type(err).__name__}: {err}"}

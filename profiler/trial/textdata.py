@@ -15,7 +15,7 @@ def default_sst2_path() -> Path:
     """GLUE SST-2 train: $WTACRS_SST2_TSV, else shared/data/sst2/train.tsv beside the checkout."""
     if os.environ.get(SST2_ENV):
         return Path(os.environ[SST2_ENV])
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2" / "train.tsv"
 
 
 def read_tsv(path: str | Path) -> tuple[list[str], list[int]]:

@@ -18,7 +18,8 @@ import torch
 
 from wtacrs.memory import SavedTensorCounter
 
-from .measure import Trial, cuda_allocator_stats, first_step, steady_step
+from .build import Trial
+from .measure import cuda_allocator_stats, first_step, steady_step
 
 # The backend `compile: true` uses. inductor is what users get from torch.compile; the environment
 # variable lets a test on a 2-core CPU use aot_eager (the same graphs, no kernel generation).

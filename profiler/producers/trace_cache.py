@@ -1,0 +1,125 @@
+"""Finished estimate trial rows, kept on disk and keyed by everything that determines them, so the
+same question asked twice (by one user or two, in one job or the next) answers at once.
+
+The key hashes the spec's fields that shape a trace (all but those listed in NOT_IN_A_TRACE: a new
+spec field is in the key until someone decides otherwise), the method, the batch size, the
+versions of Python, torch, transformers and peft, and the source of `contract`, `wtacrs` and
+`profiler` themselves: editing the library, or upgrading torch, makes every old entry unreachable,
+so a stale answer can never be served. Only estimates are kept (a measurement is an event on a
+machine; a trace is a function of its inputs), and only rows that finished without an error.
+`oom` is not stored: it depends on the memory target, so it is computed again on every read.
+
+WTACRS_TRACE_CACHE: a folder (default ~/.cache/wtacrs-prof/traces), or "off" for today's path:
+every trace run afresh and the largest-batch search started from nothing (the comparison path of
+benchmarks/estimate_speed.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from contract.methods import Method
+from contract.rows import TrialRow
+from contract.spec import JobSpec
+
+ENV = "WTACRS_TRACE_CACHE"
+# fields of a spec that no single trace reads (which trials run, what else is measured, limits)
+NOT_IN_A_TRACE = frozenset(
+    {
+        "methods",
+        "batch_sizes",
+        "measurements",
+        "target_memory_gb",
+        "steps",
+        "warmup",
+        "max_batch",
+        "convergence",
+        "timeout_s",
+    }
+)
+_PACKAGES = ("contract", "wtacrs", "profiler")
+
+
+def folder() -> Path | None:
+    """Where entries live; None when the cache is off."""
+    setting = os.environ.get(ENV, "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    if setting:
+        return Path(setting)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "wtacrs-prof" / "traces"
+
+
+@functools.cache
+def _code_and_versions() -> str:
+    import peft
+    import torch
+    import transformers
+
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[2]
+    for package in _PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    versions = (sys.version_info[:2], torch.__version__, transformers.__version__, peft.__version__)
+    return f"{versions}|{digest.hexdigest()}"
+
+
+def key(spec: JobSpec, method: Method, batch_size: int) -> str:
+    fields = {k: v for k, v in spec.model_dump(mode="json").items() if k not in NOT_IN_A_TRACE}
+    text = json.dumps([fields, method.name, batch_size, _code_and_versions()], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _path(spec: JobSpec, method: Method, batch_size: int) -> Path | None:
+    where = folder()
+    return None if where is None else where / f"{key(spec, method, batch_size)}.json"
+
+
+def lookup(spec: JobSpec, method: Method, batch_size: int, limit: float | None) -> TrialRow | None:
+    """The stored row of this trace, its `oom` for `limit`; None when there is none (or the cache is off)."""
+    path = _path(spec, method, batch_size)
+    if path is None or spec.device != "estimate":
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    row["oom"] = limit is not None and row["peak_bytes"] > limit
+    return TrialRow.model_validate(row)
+
+
+def store(spec: JobSpec, method: Method, batch_size: int, row: TrialRow) -> None:
+    """Keep a finished estimate row (written whole or not at all; a folder that cannot be written
+    only means no cache)."""
+    path = _path(spec, method, batch_size)
+    if path is None or spec.device != "estimate" or row.error or row.oom_message or row.peak_bytes is None:
+        return
+    data = row.model_dump(mode="json")
+    data.pop("oom")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            json.dump(data, tmp)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+
+
+def cached(
+    spec: JobSpec, method: Method, batch_size: int, limit: float | None, run: Callable[[], TrialRow]
+) -> TrialRow:
+    """The stored row, or run() and keep what it gives."""
+    row = lookup(spec, method, batch_size, limit)
+    if row is None:
+        row = run()
+        store(spec, method, batch_size, row)
+    return row

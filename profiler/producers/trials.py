@@ -1,0 +1,68 @@
+"""Trial rows of a job, on one device (single.py) or per rank (parallel.py), estimates served from
+the trace cache where it holds them, and the largest batch that fits, searched with them."""
+
+from __future__ import annotations
+
+from contract.methods import Method
+from contract.rows import MaxBatchRow, Probe, TrialRow
+from contract.spec import JobSpec
+
+from . import parallel, single, trace_cache
+from .base import memory_limit
+from .maxbatch import search
+from .progress import announce
+
+
+def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
+    """One (method, batch size) row in the spec's mode and strategy."""
+
+    def run() -> TrialRow:
+        if spec.parallel.strategy != "none":
+            return parallel.trial_row(spec, method, batch_size, throughput)
+        return single.trial_row(spec, method, batch_size, throughput)
+
+    if spec.device == "estimate":
+        return trace_cache.cached(spec, method, batch_size, memory_limit(spec), run)
+    return run()
+
+
+def _probe(spec: JobSpec, row: TrialRow, limit: float | None) -> Probe:
+    peak = row.reserved_bytes if row.reserved_bytes is not None else row.peak_bytes
+    if row.oom and spec.device != "estimate":
+        return Probe(batch_size=row.batch_size, fits=False, peak_bytes=None, reason=f"out of memory: {row.oom_message}")
+    fits = limit is None or peak <= limit
+    return Probe(batch_size=row.batch_size, fits=fits, peak_bytes=peak, reason="" if fits else "over the memory limit")
+
+
+def max_batch_row(spec: JobSpec, method: Method) -> MaxBatchRow:
+    limit = memory_limit(spec)
+
+    def probe(b: int) -> Probe:
+        row = trial_row(spec, method, b, throughput=False)
+        if row.error:
+            raise RuntimeError(row.error)
+        return _probe(spec, row, limit)
+
+    def on_probe(n: int, b: int, lo: int, hi: int) -> None:
+        known = f"{lo} fits" if lo else "nothing fits yet"
+        if hi <= spec.max_batch.upper:
+            known += f", {hi} does not"
+        announce(f"largest batch: probe {n} at batch {b} ({known})")
+
+    # an estimate's traces of the job's own batch sizes (the sweep ran first) start the search there
+    known = {}
+    for b in spec.batch_sizes:
+        row = trace_cache.lookup(spec, method, b, limit)
+        if row is not None:
+            known[b] = _probe(spec, row, limit)
+    result = search(probe, limit, spec.max_batch.upper, known, on_probe)
+    return MaxBatchRow(
+        method=method.name,
+        max_batch_size=result.max_batch_size,
+        mode=spec.device,
+        seq_len=spec.seq_len,
+        limit_bytes=limit,
+        headroom=spec.max_batch.headroom,
+        capped_at_upper=result.capped,
+        probes=result.probes,
+    )

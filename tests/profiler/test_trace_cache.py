@@ -1,0 +1,196 @@
+"""Fast estimates: the trace cache (a second asking answers without tracing, a stale key is never
+served), the largest-batch search started from the job's own sweep (the same answers as the
+search from nothing, in fewer traces), one child process per job, and progress that names the
+step in progress."""
+
+import queue
+import threading
+
+import pytest
+
+from contract.methods import parse_method
+from contract.rows import Probe
+from contract.spec import JobSpec
+from profiler import runner
+from profiler.producers import progress, single, trace_cache
+from profiler.producers.maxbatch import search
+from profiler.runner import run_job
+
+STUDY = {
+    "methods": ["full", "wtacrs@0.3", "lora"],
+    "seq_len": 32,
+    "batch_sizes": [4, 16],
+    "measurements": ["peak_memory", "max_batch_size"],
+    "device": "estimate",
+    "target_memory_gb": 0.1,
+    "max_batch": {"upper": 2048},
+}
+
+
+def _spec(**kw) -> JobSpec:
+    return JobSpec.model_validate({"model": "bert-tiny", **STUDY, **kw})
+
+
+def _count_traces(monkeypatch) -> list[int]:
+    traced = []
+    real = single.trial_row
+
+    def counted(spec, method, batch_size, throughput=True):
+        traced.append(batch_size)
+        return real(spec, method, batch_size, throughput)
+
+    monkeypatch.setattr(single, "trial_row", counted)
+    return traced
+
+
+@pytest.mark.parametrize(
+    "family", ["bert", pytest.param("llama", marks=pytest.mark.slow), pytest.param("t5", marks=pytest.mark.slow)]
+)
+def test_the_seeded_search_finds_what_the_search_from_nothing_finds(family, monkeypatch, tmp_path):
+    """Every method of a family: the same largest batch and the same sweep rows with the cache on
+    (the search starts from the sweep) as off (today's path), in fewer traces."""
+    spec = _spec(model=f"{family}-tiny")
+    traced = _count_traces(monkeypatch)
+    monkeypatch.setenv(trace_cache.ENV, "off")
+    before = run_job(spec, isolate=False)
+    traces_before = len(traced)
+    traced.clear()
+    monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
+    after = run_job(spec, isolate=False)
+    assert not before.errors and not after.errors
+    assert [(m.method, m.max_batch_size) for m in after.max_batch] == [
+        (m.method, m.max_batch_size) for m in before.max_batch
+    ]
+    assert any(m.max_batch_size > 16 for m in after.max_batch)  # a search that went past the sweep
+    assert [r.model_dump() for r in after.results] == [r.model_dump() for r in before.results]
+    assert len(traced) < traces_before
+    # each answer confirmed by traces: B fits and B+1 does not
+    for m in after.max_batch:
+        fits = {p.batch_size: p.fits for p in m.probes}
+        assert m.max_batch_size == 0 or fits[m.max_batch_size]
+        assert fits[m.max_batch_size + 1] is False
+
+
+def test_the_same_question_twice_answers_without_tracing(monkeypatch, tmp_path):
+    monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
+    spec = _spec(methods=["wtacrs@0.3"])
+    first = run_job(spec, isolate=False)
+    traced = _count_traces(monkeypatch)
+    second = run_job(spec, isolate=False)
+    assert traced == [] and not second.errors
+    assert second.model_dump(include={"results", "max_batch"}) == first.model_dump(include={"results", "max_batch"})
+    # another memory target: the same traces, `oom` read again against the new limit
+    third = run_job(spec.model_copy(update={"target_memory_gb": 10.0, "measurements": ["peak_memory"]}), isolate=False)
+    assert traced == [] and all(r.oom for r in first.results) and not any(r.oom for r in third.results)
+
+
+def test_a_key_is_everything_a_trace_depends_on(monkeypatch):
+    method, base = parse_method("full"), _spec()
+    key = trace_cache.key(base, method, 4)
+    assert trace_cache.key(base, method, 8) != key
+    assert trace_cache.key(base, parse_method("lora"), 4) != key
+    for change in (
+        {"seq_len": 64},
+        {"dtype": "bf16"},
+        {"optimizer": "sgd"},
+        {"seed": 1},
+        {"lora_r": 4},
+        {"estimate_device": "cpu"},
+        {"model": "llama-tiny"},
+        {"model": {"family": "bert", "overrides": {"num_hidden_layers": 3}}},
+    ):
+        assert trace_cache.key(JobSpec.model_validate({**base.model_dump(), **change}), method, 4) != key, change
+    for same in ({"batch_sizes": [1]}, {"methods": ["lora"]}, {"target_memory_gb": 80}, {"steps": 9}, {"timeout_s": 5}):
+        assert trace_cache.key(JobSpec.model_validate({**base.model_dump(), **same}), method, 4) == key, same
+    # the library's own code and the versions are in it: an edit makes every old entry unreachable
+    monkeypatch.setattr(trace_cache, "_code_and_versions", lambda: "edited")
+    assert trace_cache.key(base, method, 4) != key
+
+
+def test_what_is_not_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
+    spec, method = _spec(), parse_method("full")
+    failed = single.trial_row(spec.model_copy(update={"seq_len": 10**6}), method, 4)  # no such position
+    trace_cache.store(spec, method, 4, failed)
+    assert failed.error and not list(tmp_path.iterdir())
+    measured = JobSpec.model_validate({**spec.model_dump(), "device": "cpu"})
+    assert trace_cache.lookup(measured, method, 4, None) is None  # measurements are never served
+    (tmp_path / f"{trace_cache.key(spec, method, 4)}.json").write_text("{not json")
+    assert trace_cache.lookup(spec, method, 4, None) is None  # a broken entry is a miss
+    monkeypatch.setenv(trace_cache.ENV, "off")
+    assert trace_cache.folder() is None
+
+
+def test_the_search_starts_from_known_probes_and_still_confirms():
+    peaks = {b: 100 * b + 1000 for b in range(1, 5000)}
+    asked = []
+
+    def probe(b):
+        asked.append(b)
+        return Probe(batch_size=b, fits=peaks[b] <= 50_000, peak_bytes=peaks[b])
+
+    plain = search(probe, 50_000, 4096)
+    asked_plain, asked[:] = list(asked), []
+    known = {b: Probe(batch_size=b, fits=peaks[b] <= 50_000, peak_bytes=peaks[b]) for b in (16, 64)}
+    seeded = search(probe, 50_000, 4096, known)
+    assert seeded.max_batch_size == plain.max_batch_size == 490
+    assert set(asked) >= {490, 491} and len(asked) < len(asked_plain)
+
+
+def test_methods_share_one_child_and_a_failure_gets_a_fresh_one(monkeypatch):
+    started = []
+    real = runner.mp.get_context
+
+    def counting(method):
+        ctx = real(method)
+
+        class Ctx:
+            Queue = ctx.Queue
+
+            def Process(self, *a, **kw):  # noqa: N802 (the multiprocessing name)
+                started.append(kw["args"][1])
+                return ctx.Process(*a, **kw)
+
+        return Ctx()
+
+    monkeypatch.setattr(runner.mp, "get_context", counting)
+    spec = JobSpec.model_validate(
+        {
+            "model": "bert-tiny",
+            "methods": ["full", "lora"],
+            "seq_len": 8,
+            "batch_sizes": [1],
+            "measurements": ["peak_memory"],
+            "device": "cpu",
+            "steps": 1,
+            "warmup": 0,
+        }
+    )
+    result = run_job(spec, isolate=True)
+    assert result.status == "succeeded" and started == [["full", "lora"]]
+    assert [r.method for r in result.results] == ["full", "lora"]
+    started.clear()
+    result = run_job(spec.model_copy(update={"timeout_s": 0.01}), isolate=True)
+    assert started == [["full", "lora"], ["lora"]]  # the second method in a fresh child
+    assert [e.split(":")[0] for e in result.errors] == ["full", "lora"]
+
+
+def test_progress_names_the_step_in_progress(monkeypatch, tmp_path):
+    monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
+    messages = []
+    run_job(_spec(methods=["lora"]), isolate=False, progress=lambda done, total, m: messages.append(m))
+    assert "lora: tracing batch 4 (1 of 2)" in messages and "lora: tracing batch 16 (2 of 2)" in messages
+    assert any(m.startswith("lora: largest batch: probe 1 at batch ") and "16 fits" in m for m in messages), messages
+
+
+def test_the_heartbeat_repeats_the_step_with_its_time(monkeypatch):
+    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.01)
+    q, stop = queue.Queue(), threading.Event()
+    progress.listen(None)
+    progress.announce("tracing batch 32 (2 of 4)")
+    beat = threading.Thread(target=runner._heartbeat, args=(q, stop))
+    beat.start()
+    event = q.get(timeout=5)
+    stop.set()
+    beat.join()
+    assert event == {"kind": "status", "data": "tracing batch 32 (2 of 4), 0 s"}
