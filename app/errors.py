@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from app.queue import LeaseLost
+from app.services.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, TooMany
 from app.web.errors import error_page
 
 EXCERPT_CHARS = 200  # of an offending value, quoted back so the client can find it
@@ -102,6 +104,31 @@ async def on_http_error(request: Request, exc: HTTPException) -> Response:
     return error_page(exc.status_code, _clip(detail, MESSAGE_CHARS), headers=getattr(exc, "headers", None))
 
 
+# The one place a refusal from the services (app/services/errors.py) or the queue gets its status.
+# A class not listed takes its nearest listed base's.
+DOMAIN_STATUS: dict[type[Exception], int] = {
+    DomainError: 400,
+    NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    Invalid: 422,
+    TooMany: 429,
+    LeaseLost: 409,  # the attempt was re-claimed, cancelled or finished: the worker must drop it
+}
+
+
+def as_http(exc: Exception) -> HTTPException:
+    """The HTTPException a domain error answers as: its status, its message, its headers."""
+    status = next(DOMAIN_STATUS[c] for c in type(exc).__mro__ if c in DOMAIN_STATUS)
+    return HTTPException(status, str(exc), headers=getattr(exc, "headers", None))
+
+
+async def on_domain_error(request: Request, exc: Exception) -> Response:
+    return await on_http_error(request, as_http(exc))
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
+    for domain_error in (DomainError, LeaseLost):
+        app.add_exception_handler(domain_error, on_domain_error)

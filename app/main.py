@@ -17,6 +17,7 @@ from app.api.routes import jobs, results, tokens, workers
 from app.config import Settings, get_settings
 from app.db import Database
 from app.limits import BodySizeLimit
+from app.web import fits
 from app.web import routes as web
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings, app.state.db = settings, db
-    for router in (jobs.router, workers.router, results.router, tokens.router, web.router, docs.router):
+    for router in (jobs.router, workers.router, results.router, tokens.router, fits.router, web.router, docs.router):
         app.include_router(router)
     document_bodies(app)
     app.add_middleware(

@@ -55,6 +55,11 @@ class JobPublic(JobSummary, JobRows):
         description="a queued job that no worker seen lately can run: what it waits for, and why none "
         "of them qualifies (e.g. a cuda job with world_size 8 and workers with at most 1 GPU)",
     )
+    queue_position: int | None = Field(
+        None,
+        description="a queued job: its place in the claim order (1: the next a worker claims; priority, then "
+        "age), counting every queued job ahead of it whichever worker may take it",
+    )
 
 
 class JobList(BaseModel):

@@ -92,7 +92,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     pages = {
         "job": (f"/jobs/{job_id}", "#chart-memory .main-svg"),
-        "jobs list": ("/", "#jobs"),
+        "what fits": ("/", "#fits-form"),
+        "jobs list": ("/jobs", "#jobs"),
         "compare": ("/compare?model=t5-large", "#chart-compare .main-svg"),
         "history": ("/history?model=t5-large", "#chart-history .main-svg"),
     }

@@ -72,7 +72,11 @@ def main() -> None:
         cold_s, cold = _study(spec, folder)
         warm_s, warm = _study(spec, folder)
     print(f"{'path':<28}{'wall s':>8}{'x unit':>8}  largest batch per method")
-    for name, seconds, result in (("today (cache off)", today_s, today), ("cold cache", cold_s, cold), ("warm cache", warm_s, warm)):
+    for name, seconds, result in (
+        ("today (cache off)", today_s, today),
+        ("cold cache", cold_s, cold),
+        ("warm cache", warm_s, warm),
+    ):
         largest = ", ".join(f"{m} {b}" for m, b in _answers(result)[0])
         print(f"{name:<28}{seconds:>8.1f}{seconds / unit:>8.1f}  {largest}")
     for name, result in (("cold", cold), ("warm", warm)):

@@ -211,7 +211,13 @@ class JobSpec(Strict):
         description="estimate mode: whose kernels the trace follows: a CUDA sm90 device (H100/H200: fused "
         "attention and dropout, its allocator's blocks and workspaces) or this host's CPU",
     )
-    steps: int = Field(3, ge=1, le=1000)
+    steps: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="timed steps per throughput row, after warm-up: the row reports their median and the slowest "
+        "and fastest (the dashboards flag fewer than 5, or a spread over 25% of the median)",
+    )
     warmup: int = Field(1, ge=0, le=100)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     lora_r: int = Field(8, ge=1, le=1024)

@@ -2,6 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /srv
 COPY pyproject.toml README.md alembic.ini ./
+COPY contract ./contract
 COPY app ./app
 COPY profiler ./profiler
 COPY wtacrs ./wtacrs

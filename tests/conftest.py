@@ -12,7 +12,11 @@ import pytest
 os.environ["WTACRS_TRACE_CACHE"] = "off"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
 def pytest_collection_modifyitems(config, items):
+    from tests.tiers import mark
+
+    mark(items)
     cuda_items = [item for item in items if "cuda" in item.keywords]
     if not cuda_items:
         return

@@ -20,6 +20,19 @@ def test_docker_compose_file_is_valid():
     assert "driver: nvidia" in out.stdout
 
 
+@pytest.mark.parametrize("image", ["server", "worker"])
+def test_each_image_copies_every_package_it_installs(image):
+    """pip installs what pyproject's find finds: a package left out of the image's COPY lines is
+    silently not installed, and the image fails at its first import (both once lacked contract/)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    lines = (ROOT / "docker" / f"{image}.Dockerfile").read_text().splitlines()
+    copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
+    assert packages <= copied, f"{image}.Dockerfile does not copy {sorted(packages - copied)}"
+
+
 def test_readme_starts_with_the_two_commands_ci_runs():
     readme = (ROOT / "README.md").read_text()
     blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:3]]

@@ -1,4 +1,4 @@
-"""Jobs: submit, read (or 404), list with a filter, cancel, re-run, and the public view that joins
+"""Jobs: submit, read (or NotFound), list with a filter, cancel, re-run, and the public view that joins
 a job with its stored rows. Queue transitions go through `JobQueue`; this module owns the rest of
 a job's record (its columns, its outcome, its rows)."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import HTTPException, status
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
@@ -15,6 +14,7 @@ from app.models import Job, JobEvent, ResultRow
 from app.queue import JobQueue, gpus_needed
 from app.schemas import JobPublic, JobSummary
 from app.services import workers
+from app.services.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from app.services.filters import Filter, Page
 from app.services.results import outcome_fields
 from contract.results import FINAL, JobStatus
@@ -30,17 +30,16 @@ def unfinished_by(session: Session, who: str) -> int:
 
 
 def check_quota(session: Session, who: str, limit: int) -> None:
-    """429 when `who` already has `limit` jobs queued or running (0: no limit). Checked at
+    """TooMany (a 429) when `who` already has `limit` jobs queued or running (0: no limit). Checked at
     submission, so two submissions racing at the limit may both pass: a bound, not an exact count."""
     if limit <= 0:
         return
     waiting = unfinished_by(session, who)
     if waiting >= limit:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
+        raise TooMany(
             f"token {who!r} has {waiting} jobs queued or running; the limit is {limit} per token "
             "(WTACRS_MAX_QUEUED_PER_TOKEN). Wait for some to finish, or cancel some, then submit again",
-            headers={"Retry-After": "60"},
+            retry_after=60,
         )
 
 
@@ -75,7 +74,7 @@ def create(
 def get_or_404(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+        raise NotFound(f"no job with id {job_id!r}")
     return job
 
 
@@ -91,6 +90,43 @@ def listed(session: Session, f: Filter, page: Page) -> list[Job]:
     return list(session.execute(query.limit(page.limit).offset(page.offset)).scalars())
 
 
+def queue_positions(session: Session, ids: list[str]) -> dict[str, int]:
+    """Job id -> its place in the queue (1: the next a worker claims), for those of `ids` that are
+    queued. The claim's order (app/queue/sql.py): priority, then age, then id, over the queued jobs
+    not asked to cancel; every such job counts, whichever worker may take it (a job needing 8 GPUs
+    ahead of a 1-GPU job counts, though a 1-GPU worker passes over it)."""
+    if not ids:
+        return {}
+    waiting = (Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
+    order = (Job.priority.desc(), Job.created_at, Job.id)
+    ranked = select(Job.id, func.row_number().over(order_by=order).label("position")).where(*waiting).subquery()
+    rows = session.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(ids)))
+    return {job_id: position for job_id, position in rows}
+
+
+def recent_estimates(session: Session, limit: int) -> list[dict]:
+    """The latest estimate jobs with a memory target (what the "what fits" page submits), newest
+    first, with that target and the length: those members of the stored spec, never all of it, and
+    only where they are numbers."""
+    query = select(
+        Job.id,
+        Job.status,
+        Job.model,
+        Job.model_label,
+        Job.dtype,
+        Job.created_at,
+        Job.spec["target_memory_gb"].label("target_gb"),
+        Job.spec["seq_len"].label("seq_len"),
+    )
+    query = query.where(Job.device == "estimate").order_by(Job.created_at.desc(), Job.id).limit(5 * limit)
+    found = [dict(r) for r in session.execute(query).mappings()]
+    number = (int, float)
+    found = [j for j in found if isinstance(j["target_gb"], number) and not isinstance(j["target_gb"], bool)]
+    for j in found:
+        j["seq_len"] = j["seq_len"] if isinstance(j["seq_len"], int) else None
+    return found[:limit]
+
+
 def models(session: Session) -> dict[str, str]:
     """Model key -> what pages print for it (contract/identity.py), for every model with jobs."""
     pairs = session.execute(select(Job.model, Job.model_label).distinct()).all()
@@ -103,10 +139,9 @@ def events(session: Session, job_id: str) -> list[JobEvent]:
 
 
 def check_owner(job: Job, who: str, admin: bool, action: str) -> None:
-    """403 unless `who` submitted the job or is an admin: a submit token acts on its own jobs only."""
+    """Forbidden (a 403) unless `who` submitted the job or is an admin: a submit token acts on its own jobs only."""
     if not admin and job.submitted_by != who:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
+        raise Forbidden(
             f"job {job.id} was submitted by another token; a submit token may {action} only its own jobs "
             f"(an admin token may {action} any)",
         )
@@ -114,15 +149,13 @@ def check_owner(job: Job, who: str, admin: bool, action: str) -> None:
 
 def cancel(session: Session, queue: JobQueue, job_id: str, who: str, admin: bool = False) -> Job:
     """Queued jobs are cancelled at once; a running job's worker stops at its next heartbeat. Once
-    however many cancels arrive (one event); 409 for a job that already finished."""
+    however many cancels arrive (one event); Conflict (a 409) for a job that already finished."""
     check_owner(get_or_404(session, job_id), who, admin, "cancel")
     state, changed = queue.cancel(job_id, who)
     if state is None:  # deleted meanwhile
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+        raise NotFound(f"no job with id {job_id!r}")
     if state.status in FINAL and not changed:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"job {job_id} already {state.status}; there is nothing to cancel"
-        )
+        raise Conflict(f"job {job_id} already {state.status}; there is nothing to cancel")
     session.flush()
     return session.get(Job, job_id, populate_existing=True)
 
@@ -144,8 +177,7 @@ def rerun(
         spec = JobSpec.model_validate(old.spec)
     except ValidationError as err:  # stored before a bound it breaks was added
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+        raise Invalid(
             f"job {job_id}'s spec is no longer valid ({problems}); submit a new one",
         ) from None
     priority = old.priority if admin else min(old.priority, 0)
@@ -162,6 +194,7 @@ def public(session: Session, job: Job) -> JobPublic:
         spec=job.spec,
         cancel_requested=job.cancel_requested,
         waiting_for=workers.waiting_for(session, job),
+        queue_position=queue_positions(session, [job.id]).get(job.id) if job.status == JobStatus.queued else None,
         results=list(rows),
         **outcome_fields(job),
     )

@@ -23,7 +23,10 @@ from sqlalchemy.orm import Session, defer
 from app.models import Job, ResultRow
 from app.services.filters import Filter, Page
 from app.timestamps import iso_utc
-from contract.results import JobRows
+from contract.results import JobRows, JobStatus
+
+MAX_SCANNED = 5000  # GPU rows read for one model, dtype and length (the largest batches first)
+MAX_JOBS_SCANNED = 200  # jobs whose largest batches the compare page reads, the latest
 
 # the flat columns of a row, as the query, the CSV and JSON exports give them
 COLUMNS = (
@@ -83,6 +86,8 @@ def save(session: Session, job_id: str, result: JobRows) -> None:
         )
     job.outcome = result.model_dump(mode="json", exclude_unset=True, exclude={"results"})
     job.progress = 1.0
+    # the last heartbeat's "tracing batch 32 (2 of 4)" would otherwise stand on a finished job
+    job.progress_message = f"done: {len(result.results)} rows stored"
 
 
 def outcome_fields(job: Job) -> dict:
@@ -159,6 +164,48 @@ def largest_batch_rows(session: Session, f: Filter, metric: str, batch_size: int
     stmt = select(ResultRow).join(largest, on & (ResultRow.batch_size == largest.c.batch)).where(*where)
     stmt = stmt.options(_NO_BLOB)
     return list(session.execute(stmt.order_by(ResultRow.created_at, ResultRow.id)).scalars())
+
+
+def gpu_throughput(session: Session, model: str, dtype: str, seq_len: int) -> dict[str, ResultRow]:
+    """Method -> the row that says its tokens/s on a GPU for this model, dtype and length: measured
+    (mode cuda) on one device, eager, without OOM or error; at the largest batch measured, the latest
+    there. Nothing for a method no GPU has run: a number is never made up."""
+    where = [
+        ResultRow.model == model,
+        ResultRow.dtype == dtype,
+        ResultRow.mode == "cuda",
+        ResultRow.strategy == "none",
+        ResultRow.compiled.is_(False),
+        ResultRow.oom.is_(False),
+        ResultRow.error.is_(None),
+        ResultRow.tokens_per_s.is_not(None),
+        Job.spec["seq_len"].as_integer() == seq_len,
+    ]
+    stmt = select(ResultRow).join(Job, Job.id == ResultRow.job_id).where(*where).options(_NO_BLOB)
+    stmt = stmt.order_by(ResultRow.batch_size.desc(), ResultRow.id.desc()).limit(MAX_SCANNED)
+    best: dict[str, ResultRow] = {}
+    for row in session.execute(stmt).scalars():
+        best.setdefault(row.method, row)
+    return best
+
+
+def max_batches(session: Session, f: Filter, limit: int = MAX_JOBS_SCANNED) -> list[dict]:
+    """The largest-batch rows of the latest `limit` succeeded jobs `f` selects (model, device,
+    dtype, job ids), newest first: per job its id, dtype, the spec's seq_len, target_memory_gb,
+    parallel and compile, and its `max_batch` list, each read as that member of the stored JSON."""
+    spec, outcome = Job.spec, Job.outcome
+    stmt = select(
+        Job.id,
+        Job.dtype,
+        spec["seq_len"].label("seq_len"),
+        spec["target_memory_gb"].label("target_memory_gb"),
+        spec["parallel"].label("parallel"),
+        spec["compile"].label("compile"),
+        outcome["max_batch"].label("max_batch"),
+    )
+    stmt = stmt.where(*f.jobs_where(), Job.status == JobStatus.succeeded)
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return [dict(r) for r in session.execute(stmt).mappings() if r["max_batch"]]
 
 
 # --- the comparison ---

@@ -1,4 +1,4 @@
-"""Workers: registration, what each can run (its advertised capabilities, or what an older worker's
+"""Workers: registration, a token's own worker (or NotFound, Forbidden), what each can run (its advertised capabilities, or what an older worker's
 registration implies), and, for a queued job, whether any worker seen lately could claim it."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.models import Job, Worker, utcnow
 from app.queue.placement import Capabilities, needs
 from app.schemas import WorkerCapabilities, WorkerRegister
+from app.services.errors import Forbidden, NotFound
 from contract.results import JobStatus
 
 # A live worker is seen at every claim (every few seconds when idle) and every heartbeat (a quarter
@@ -31,6 +32,18 @@ def register(session: Session, body: WorkerRegister, token_name: str) -> Worker:
         advertise(worker, body.capabilities)
     session.add(worker)
     session.flush()
+    return worker
+
+
+def get_own(session: Session, worker_id: str, token_name: str, admin: bool = False) -> Worker:
+    """The worker, seen now, if `token_name` registered it (an admin acts for any); NotFound or
+    Forbidden otherwise."""
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id!r}: register first")
+    if not admin and worker.token_name != token_name:
+        raise Forbidden("this worker was registered with another token")
+    worker.last_seen = utcnow()
     return worker
 
 

@@ -106,7 +106,7 @@ def memory_unit(largest: float) -> tuple[str, int]:
     return next(((name, size) for name, size in UNITS if largest >= size), UNITS[-1])
 
 
-def _digits(v: float) -> str:
+def sig_digits(v: float) -> str:
     """Three significant digits, trailing zeros kept (1.50 beside 1.19), never 1.02e+03 below 1024."""
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:#.3g}"
 
@@ -118,23 +118,25 @@ def memory_text(n: float | None) -> str:
     if n == 0:
         return "0"
     name, size = memory_unit(abs(n))
-    return f"{_digits(n / size)} {name}"
+    return f"{sig_digits(n / size)} {name}"
 
 
-def _axis(title: str, **extra) -> dict:
+def titled_axis(title: str, **extra) -> dict:
+    """A Plotly axis with `title`, its margin grown to fit the tick labels; `extra` adds or overrides keys."""
     return {"title": {"text": title}, "automargin": True, **extra}
 
 
-def _memory_axis(quantity: str, unit: str, **extra) -> dict:
-    # from zero: a 0.003 MiB difference on a 96 MiB peak must look as small as it is
-    return _axis(f"{quantity} ({unit})", rangemode="tozero", tickformat=".3~r", hoverformat=".4~r", **extra)
+def memory_axis(quantity: str, unit: str, **extra) -> dict:
+    """An axis of `quantity` in `unit` (from `memory_unit`), from zero: a 0.003 MiB difference on a
+    96 MiB peak must look as small as it is."""
+    return titled_axis(f"{quantity} ({unit})", rangemode="tozero", tickformat=".3~r", hoverformat=".4~r", **extra)
 
 
-def _batch_axis(sizes) -> dict:
+def batch_axis(sizes) -> dict:
     """Ticks only at whole batch sizes (a linear axis over 2..4 put them at 2.5 and 3.5); log2
     spacing once the sizes span LOG_BATCH_RATIO or more, else 8, 16, 32, 64 crowd the left edge."""
     sizes = sorted({int(s) for s in sizes})
-    axis = _axis("batch size", tickformat="d")
+    axis = titled_axis("batch size", tickformat="d")
     if not sizes:
         return axis
     log = sizes[-1] >= LOG_BATCH_RATIO * sizes[0]
@@ -149,7 +151,8 @@ def _batch_axis(sizes) -> dict:
     return axis
 
 
-def _layout(title: str, xaxis: dict, yaxis: dict, **extra) -> dict:
+def figure_layout(title: str, xaxis: dict, yaxis: dict, **extra) -> dict:
+    """Every figure's layout: its title, its two axes, the margins and the legend; `extra` adds keys."""
     return {
         # left-aligned just above the plot area: the modebar takes the top right corner of the
         # figure, and a centred title in the top margin ran under it
@@ -194,7 +197,7 @@ def method_style(series: str) -> tuple[str, str]:
     return PALETTE[h % len(PALETTE)], DASHES[1 + (h // len(PALETTE)) % (len(DASHES) - 1)]
 
 
-def _styles(methods) -> dict[str, dict]:
+def trace_styles(methods) -> dict[str, dict]:
     """One look per method: its colour and dash from `method_style`, the same on every page. Each
     later method in a figure is drawn over the earlier ones with a smaller marker of another shape and
     a thinner line, so where two methods have the same values both stay visible."""
@@ -203,7 +206,7 @@ def _styles(methods) -> dict[str, dict]:
         color, dash = method_style(method)
         out[method] = {
             "line": {"color": color, "dash": dash, "width": max(1.5, 3 - 0.5 * i)},
-            "marker": {"color": color, "symbol": SYMBOLS[i % len(SYMBOLS)], "size": max(5, 12 - 2 * i)},
+            "marker": {"color": color, "symbol": SYMBOLS[i % len(SYMBOLS)], "size": max(8, 12 - i)},
         }
     return out
 
@@ -235,11 +238,12 @@ def share_words(ratio: float | None, baseline: str, what: str) -> str:
     return f"{ratio_digits(ratio)}x {baseline}'s {what}"
 
 
-def _line(name: str, xs: list, ys: list, **extra) -> dict:
+def line_trace(name: str, xs: list, ys: list, **extra) -> dict:
+    """A lines-and-markers scatter trace named `name`; `extra` (a style from `trace_styles`) adds keys."""
     return {"type": "scatter", "mode": "lines+markers", "name": name, "x": xs, "y": ys, **extra}
 
 
-def _accuracy_range(percents: list[float]) -> list[float]:
+def accuracy_range(percents: list[float]) -> list[float]:
     """At least ACCURACY_SPAN points of axis (within 0-100): fitted to the points, 86.1% against
     85.8% filled the whole height, though a few hundred held-out examples cannot tell them apart."""
     low, high = min(percents, default=0), max(percents, default=100)
@@ -269,20 +273,20 @@ def history(points: list[dict], metric: str) -> dict:
         to_bytes = dict(UNITS).get(given or "B", 1)
         unit, size = memory_unit(max((v * to_bytes for v in values), default=0))
         values = [v * to_bytes / size for v in values]
-        yaxis = _memory_axis(words, unit)
+        yaxis = memory_axis(words, unit)
     else:
-        yaxis = _axis(f"{words} ({unit})" if unit else words, rangemode="tozero", tickformat=".3~s")
+        yaxis = titled_axis(f"{words} ({unit})" if unit else words, rangemode="tozero", tickformat=".3~s")
     data = []
-    styles = _styles(p["method"] for p in points)
+    styles = trace_styles(p["method"] for p in points)
     for method, style in styles.items():
         idx = [i for i, p in enumerate(points) if p["method"] == method]
-        text = [points[i]["job_id"] for i in idx]
+        text = [f"batch {points[i]['batch']} · job {points[i]['job_id']}" for i in idx]
         xs, ys = [points[i]["at"] for i in idx], [values[i] for i in idx]
-        hover = f"%{{y}} {unit or ''} · job %{{text}}"
-        data.append(_line(method, xs, ys, text=text, hovertemplate=hover, **style))
+        hover = f"%{{y}} {unit or ''} · %{{text}}"
+        data.append(line_trace(method, xs, ys, text=text, hovertemplate=hover, **style))
     span = _time_range([p["at"] for p in points])
-    xaxis = _axis("job finished", type="date", **({"range": span} if span else {}))
+    xaxis = titled_axis("job finished", type="date", **({"range": span} if span else {}))
     return {
         "data": data,
-        "layout": _layout(f"{words[0].upper()}{words[1:]} over time", xaxis, yaxis, hovermode="x unified"),
+        "layout": figure_layout(f"{words[0].upper()}{words[1:]} over time", xaxis, yaxis, hovermode="x unified"),
     }

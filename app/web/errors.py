@@ -28,12 +28,12 @@ def error_page(
 </head>
 <body>
 <nav><strong>WTA-CRS profiler</strong>
-  <a href="/">Jobs</a> <a href="/compare">Compare</a> <a href="/history">History</a> <a href="/docs">API</a></nav>
+  <a href="/">What fits</a> <a href="/jobs">Jobs</a> <a href="/compare">Compare</a> <a href="/history">History</a> <a href="/docs">API</a></nav>
 <main>
   <h1>{status_code} {escape(phrase)}</h1>
   <p class="error" role="alert">{escape(message)}</p>
   {f"<ul>{items}</ul>" if items else ""}
-  <p><a href="/">Back to the jobs list</a></p>
+  <p><a href="/jobs">Back to the jobs list</a> · <a href="/">what fits</a></p>
 </main>
 </body>
 </html>

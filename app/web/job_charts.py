@@ -5,25 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from contract.rows import CATEGORIES, AttributionRow, FidelityRow, MaxBatchRow, TrialRow
+from contract.rows import CATEGORIES, AttributionRow, FidelityRow, TrialRow
 
+from .batch_charts import max_batch_bars, target_text
+from .batch_charts import max_batch_title as max_batch_title  # re-exported: the job page's title
 from .charts import (
     BREAKDOWN_COLORS,
     BREAKDOWN_ORDER,
     NO_GRADIENT,
     NOT_APPLICABLE,
     RED,
-    _axis,
-    _batch_axis,
-    _digits,
-    _layout,
-    _line,
-    _memory_axis,
-    _styles,
+    batch_axis,
+    figure_layout,
+    line_trace,
+    memory_axis,
     memory_text,
     memory_unit,
     plotly_safe,
-    share_words,
+    sig_digits,
+    titled_axis,
+    trace_styles,
 )
 from .convergence_charts import accuracy_vs_memory, loss_curves
 from .parallel_charts import parallel_label, per_rank
@@ -38,19 +39,19 @@ def _by_method(rows: list[TrialRow]) -> dict[str, list[TrialRow]]:
 
 @plotly_safe
 def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str, parallel: str | None = None) -> dict:
-    styles = _styles(r.method for r in rows)
+    styles = trace_styles(r.method for r in rows)
     unit, size = memory_unit(max([r.peak_bytes or 0 for r in rows] + [device_bytes or 0]))
     data = []
     for method, rs in _by_method(rows).items():
         ok = [r for r in rs if not r.oom and r.peak_bytes]
         xs, ys = [r.batch_size for r in ok], [r.peak_bytes / size for r in ok]
-        data.append(_line(method, xs, ys, legendgroup=method, **styles[method]))
+        data.append(line_trace(method, xs, ys, legendgroup=method, **styles[method]))
         oom = [r for r in rs if r.oom]
         if oom:
             y = [(r.peak_bytes or device_bytes or 0) / size for r in oom]
             marker = {"symbol": "x", "size": 12, "color": RED}
             xs = [r.batch_size for r in oom]
-            data.append(_line(f"{method} (OOM)", xs, y, mode="markers", marker=marker, legendgroup=method))
+            data.append(line_trace(f"{method} (OOM)", xs, y, mode="markers", marker=marker, legendgroup=method))
     shapes = []
     if device_bytes:
         y = device_bytes / size
@@ -63,103 +64,104 @@ def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str,
                 "y0": y,
                 "y1": y,
                 "line": {"dash": "dash", "color": "#888"},
-                "label": {"text": "device memory", "textposition": "start", "font": {"size": 11, "color": "#666"}},
+                # under the line, at its left end: above it, at the top of the plot, the label ran
+                # into the title; the left end is where the small batches' points are, far below
+                "label": {
+                    "text": f"{'target' if mode == 'estimate' else 'device memory'} {target_text(device_bytes)}",
+                    "textposition": "start",
+                    "yanchor": "top",
+                    "padding": 4,
+                    "font": {"size": 12, "color": "#555"},
+                },
             }
         )
     label = {"estimate": " (estimated)", "cpu": " (measured)", "cuda": " (measured)"}.get(mode, "")
     return {
         "data": data,
-        "layout": _layout(
+        "layout": figure_layout(
             f"Peak memory per rank vs micro-batch · {parallel}{label}"
             if parallel
             else f"Peak memory vs batch size{label}",
-            _batch_axis(r.batch_size for r in rows),
-            _memory_axis("peak memory", unit),
+            batch_axis(r.batch_size for r in rows),
+            memory_axis("peak memory", unit),
             shapes=shapes,
             hovermode="x unified",
         ),
     }
 
 
-def _target_text(n: float) -> str:
-    """A memory target as it was asked for: '80 GiB', '79.6 GiB' (never '80.0 GiB')."""
-    number, _, unit = memory_text(n).partition(" ")
-    if "." in number:
-        number = number.rstrip("0").rstrip(".")
-    return f"{number} {unit}".strip()
+SPREAD_FLAG = 0.25  # (slowest - fastest) / median step time above this: the median is not to be trusted alone
+FEW_STEPS = 5  # fewer timed steps than this: a median of too few to say how much steps vary
 
 
-def max_batch_title(
-    parallel: str | None = None,
-    limit_bytes: float | None = None,
-    seq_len: int | None = None,
-    dtype: str | None = None,
-) -> str:
-    """'Largest batch that fits in 80 GiB · length 128 · fp32': what the bars answer, and the
-    conditions a batch size means nothing without; the parts not known left out."""
-    what = "Largest micro-batch per rank that fits" if parallel else "Largest batch that fits"
-    if limit_bytes:
-        what += f" in {_target_text(limit_bytes)}"
-    parts = [what, parallel, f"length {seq_len}" if seq_len else None, dtype]
-    return " · ".join(p for p in parts if p)
+def _spread(r: TrialRow) -> float | None:
+    if r.step_time_min_s is None or r.step_time_max_s is None or not r.step_time_s:
+        return None
+    return (r.step_time_max_s - r.step_time_min_s) / r.step_time_s
 
 
-@plotly_safe
-def max_batch_bars(
-    max_batch: list[MaxBatchRow],
-    parallel: str | None = None,
-    limit_bytes: float | None = None,
-    seq_len: int | None = None,
-    dtype: str | None = None,
-) -> dict:
-    """`parallel` ('fsdp×8'): the batches are per-rank micro-batches of that many ranks, and say so.
-    Each bar is labelled with its batch size first, then its ratio to full's in words; the title
-    names the memory target (the rows' own limit, else `limit_bytes`), the length and the dtype."""
-    base = next((m.max_batch_size for m in max_batch if m.method == "full"), None)
-    what = "micro-batch" if parallel else "batch"
-    # the ratio in words under the number, on a line of its own: beside it, plotly shrank the label
-    # to the bar's width
-    text = [
-        share_words(m.max_batch_size / base, "full", what) if base and m.method != "full" else "" for m in max_batch
-    ]
-    styles = _styles(m.method for m in max_batch)
-    bar = {
-        "type": "bar",
-        "x": [m.method for m in max_batch],
-        "y": [m.max_batch_size for m in max_batch],
-        "text": text,
-        "texttemplate": "%{y}<br>%{text}",
-        "hovertemplate": "%{x}: %{y}<br>%{text}",
-        "textposition": "outside",
-        "cliponaxis": False,
-        "marker": {"color": [styles[m.method]["marker"]["color"] for m in max_batch]},
-        "name": "max batch",
-    }
-    largest = max((m.max_batch_size for m in max_batch), default=0)
-    # whole batch sizes only: below 10 plotly's automatic step would be 0.5
-    axis = "largest micro-batch per rank" if parallel else "largest batch size"
-    count = _axis(axis, rangemode="tozero", tickformat="d", **({"dtick": 1} if largest <= 10 else {}))
-    limit = next((m.limit_bytes for m in max_batch if m.limit_bytes), None) or limit_bytes
-    length = next((m.seq_len for m in max_batch if m.seq_len), None) or seq_len
-    title = max_batch_title(parallel, limit, length, dtype)
-    return {"data": [bar], "layout": _layout(title, _axis("method"), count, showlegend=False)}
+def _steadiness(r: TrialRow) -> str:
+    spread = _spread(r)
+    words = []
+    if spread is not None and spread > SPREAD_FLAG:
+        words.append(f"unsteady: steps vary {spread:.0%} of the median")
+    if r.timed_steps is not None and r.timed_steps < FEW_STEPS:
+        words.append(f"only {r.timed_steps} timed steps")
+    return "; ".join(words) or "steady"
 
 
 @plotly_safe
 def throughput(rows: list[TrialRow]) -> dict:
-    styles = _styles(r.method for r in rows)
+    """The median step's tokens/s per method, an error bar from the slowest step to the fastest,
+    and a table flagging rows whose steps vary widely or were too few to tell."""
+    styles = trace_styles(r.method for r in rows)
     data = []
     for method, rs in _by_method(rows).items():
         ok = [r for r in rs if r.tokens_per_s]
-        if ok:
-            data.append(_line(method, [r.batch_size for r in ok], [r.tokens_per_s for r in ok], **styles[method]))
-    speed = _axis("throughput (tokens/s)", rangemode="tozero", tickformat=".3~s", hoverformat=",.0f")
+        if not ok:
+            continue
+        # tokens/s is tokens / step time: the fastest step is the bar's top, the slowest its foot
+        up = [r.tokens_per_s * (r.step_time_s / r.step_time_min_s - 1) if r.step_time_min_s else 0 for r in ok]
+        down = [r.tokens_per_s * (1 - r.step_time_s / r.step_time_max_s) if r.step_time_max_s else 0 for r in ok]
+        error = {"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1.5, "width": 6}
+        trace = line_trace(method, [r.batch_size for r in ok], [r.tokens_per_s for r in ok], **styles[method])
+        data.append({**trace, "error_y": {**error, "color": styles[method]["marker"]["color"]}})
+    speed = titled_axis("throughput (tokens/s)", rangemode="tozero", tickformat=".3~s", hoverformat=",.0f")
+    timed = [r for r in rows if r.tokens_per_s]
+    table = {
+        "columns": ["method", "batch", "tokens/s (median step)", "slowest – fastest step", "timed steps", "steadiness"],
+        "rows": [
+            [
+                r.method,
+                str(r.batch_size),
+                f"{r.tokens_per_s:,.0f}",
+                f"{r.step_time_max_s * 1000:,.1f} – {r.step_time_min_s * 1000:,.1f} ms"
+                if r.step_time_min_s is not None and r.step_time_max_s is not None
+                else "N/A (not recorded)",
+                str(r.timed_steps) if r.timed_steps is not None else "N/A (not recorded)",
+                _steadiness(r),
+            ]
+            for r in sorted(timed, key=lambda r: (r.method, r.batch_size))
+        ],
+    }
     return {
         "data": data,
-        "layout": _layout(
-            "Throughput vs batch size", _batch_axis(r.batch_size for r in rows), speed, hovermode="x unified"
+        "layout": figure_layout(
+            "Throughput vs batch size (median step; bars: slowest to fastest step)",
+            batch_axis(r.batch_size for r in rows),
+            speed,
+            hovermode="x unified",
         ),
+        "table": table,
     }
+
+
+def _total_text(total: int, peak: int | None) -> str:
+    """The breakdown's sum; where a row's categories do not sum to its peak (a row stored before
+    'other' took the untracked bytes), both, so the table never silently disagrees with the chart."""
+    if peak is None or total == peak:
+        return memory_text(total)
+    return f"{memory_text(total)} (peak {memory_text(peak)}: {memory_text(abs(peak - total))} not in a category)"
 
 
 @plotly_safe
@@ -172,7 +174,8 @@ def breakdown(rows: list[TrialRow]) -> dict:
         sizes = {r.batch_size for r in rs}
         common = sizes if common is None else common & sizes
     batch = max(common) if common else None
-    picked = {r.method: r.breakdown for r in fine if r.batch_size == batch}
+    at_batch = {r.method: r for r in fine if r.batch_size == batch}
+    picked = {m: r.breakdown for m, r in at_batch.items()}
     if not picked:  # rows without a breakdown: no empty axes on the page
         return None
     methods = list(picked)
@@ -204,16 +207,30 @@ def breakdown(rows: list[TrialRow]) -> dict:
         for m in methods
     ]
     widest = max(totals.values(), default=0) / size
-    xaxis = _memory_axis("memory at the peak", unit, range=[0, 1.6 * widest or 1])
-    yaxis = _axis("", autorange="reversed")  # the first method on top, as in the legend of the other charts
+    xaxis = memory_axis("memory at the peak", unit, range=[0, 1.6 * widest or 1])
+    yaxis = titled_axis("", autorange="reversed")  # the first method on top, as in the legend of the other charts
+    # "total" is the bar, the memory chart's peak (both are peak_bytes: 'other' holds what no tensor
+    # accounts for); "saved for backward" is everything the first step kept for backward, of which
+    # "activations" is the part still alive at the peak: two different quantities, both named
     table = {
-        "columns": ["method", *(c.replace("_", " ") for c in BREAKDOWN_ORDER), "total"],
+        "columns": [
+            "method",
+            *(c.replace("_", " ") for c in BREAKDOWN_ORDER),
+            "total (= peak)",
+            "saved for backward (all, first step)",
+        ],
         "rows": [
-            [m, *(memory_text(picked[m].get(c, 0)) for c in BREAKDOWN_ORDER), memory_text(totals[m])] for m in methods
+            [
+                m,
+                *(memory_text(picked[m].get(c, 0)) for c in BREAKDOWN_ORDER),
+                _total_text(totals[m], at_batch[m].peak_bytes),
+                memory_text(at_batch[m].activation_bytes) if at_batch[m].activation_bytes is not None else "N/A",
+            ]
+            for m in methods
         ],
     }
     title = f"Memory at the peak, batch {batch}" if batch else "Memory at the peak"
-    layout = _layout(
+    layout = figure_layout(
         title,
         xaxis,
         yaxis,
@@ -257,7 +274,7 @@ def _fidelity_summary(method: str, rows: list[FidelityRow]) -> list[str]:
         _mean([r.relative_bias or 0 for r in defined]),
         _mean([r.relative_variance or 0 for r in defined]),
     ]
-    return [method, str(rows[0].batch_size), layers, *map(_digits, stats)]
+    return [method, str(rows[0].batch_size), layers, *map(sig_digits, stats)]
 
 
 @plotly_safe
@@ -265,13 +282,13 @@ def fidelity(rows: list[FidelityRow]) -> dict:
     """Relative error of the sampled weight gradient per layer; layers where it is undefined are gaps
     in the line, named in the legend and the table, never points at 0."""
     data, table = [], []
-    for method, style in _styles(r.method for r in rows).items():
+    for method, style in trace_styles(r.method for r in rows).items():
         rs = [r for r in rows if r.method == method]
         layers = [r.layer.split(".", 2)[-1] if r.layer.count(".") > 4 else r.layer for r in rs]
         errors = [None if fidelity_na(r) else r.relative_error for r in rs]
         na = errors.count(None)
         name = f"{method}: {NOT_APPLICABLE}" if na == len(rs) else f"{method} ({na} layers N/A)" if na else method
-        data.append(_line(name, layers, errors, **style))
+        data.append(line_trace(name, layers, errors, **style))
         table.append(_fidelity_summary(method, rs))
     columns = [
         "method",
@@ -284,10 +301,10 @@ def fidelity(rows: list[FidelityRow]) -> dict:
     ]
     return {
         "data": data,
-        "layout": _layout(
+        "layout": figure_layout(
             "Weight-gradient relative error per layer (sampled vs exact)",
-            _axis("layer", tickangle=-45),
-            _axis("relative error", rangemode="tozero", hoverformat=".3~r"),
+            titled_axis("layer", tickangle=-45),
+            titled_axis("relative error", rangemode="tozero", hoverformat=".3~r"),
             hovermode="x unified",
         ),
         "table": {"columns": columns, "rows": table},
@@ -302,11 +319,11 @@ def frontier(rows: list[TrialRow]) -> dict | None:
     if not ok:
         return None
     unit, size = memory_unit(max(r.peak_bytes for r in ok))
-    styles = _styles(r.method for r in ok)
+    styles = trace_styles(r.method for r in ok)
     data = []
     for method, rs in _by_method(ok).items():
         data.append(
-            _line(
+            line_trace(
                 method,
                 [r.peak_bytes / size for r in rs],
                 [r.tokens_per_s for r in rs],
@@ -322,7 +339,7 @@ def frontier(rows: list[TrialRow]) -> dict | None:
             best.append(r)
             fastest = r.tokens_per_s
     data.append(
-        _line(
+        line_trace(
             "frontier",
             [r.peak_bytes / size for r in best],
             [r.tokens_per_s for r in best],
@@ -335,13 +352,20 @@ def frontier(rows: list[TrialRow]) -> dict | None:
         "columns": ["on the frontier", "batch", "peak", "tokens/s"],
         "rows": [[r.method, str(r.batch_size), memory_text(r.peak_bytes), f"{r.tokens_per_s:,.0f}"] for r in best],
     }
-    xaxis = _memory_axis("peak memory", unit)
-    yaxis = _axis("throughput (tokens/s)", rangemode="tozero", tickformat=".3~s")
-    return {"data": data, "layout": _layout("Memory vs throughput", xaxis, yaxis), "table": table}
+    xaxis = memory_axis("peak memory", unit)
+    yaxis = titled_axis("throughput (tokens/s)", rangemode="tozero", tickformat=".3~s")
+    return {"data": data, "layout": figure_layout("Memory vs throughput", xaxis, yaxis), "table": table}
+
+
+PEFT_PREFIX = "base_model.model."  # peft's wrapper: the same module as the bare model's, one bar for both
+
+
+def _module(path: str) -> str:
+    return path.removeprefix(PEFT_PREFIX)
 
 
 def _group_label(path: str) -> str:
-    return path or "(model)"
+    return _module(path) or "(model)"
 
 
 @plotly_safe
@@ -351,25 +375,28 @@ def attribution(rows: list[AttributionRow], top: int = 15) -> dict | None:
     fine = [r for r in rows if r.groups]
     if not fine:
         return None
+    grouped = {r.method: _merged(r) for r in fine}
     largest: dict[str, int] = {}
-    for r in fine:
-        for g in r.groups:
-            largest[g.module] = max(largest.get(g.module, 0), g.bytes)
+    for groups in grouped.values():
+        for module, (size, _) in groups.items():
+            largest[module] = max(largest.get(module, 0), size)
     names = sorted(largest, key=lambda n: (-largest[n], n))[:top]
     unit, size = memory_unit(max(largest.values()))
-    styles = _styles(r.method for r in fine)
+    styles = trace_styles(r.method for r in fine)
     data = []
     for r in fine:
-        by = {g.module: g for g in r.groups}
+        by = grouped[r.method]
         data.append(
             {
                 "type": "bar",
                 "orientation": "h",
                 "name": r.method,
-                "y": [_group_label(n) for n in names],
-                "x": [by[n].bytes / size if n in by else 0 for n in names],
-                "text": [", ".join(list(by[n].ops)[:3]) if n in by else "" for n in names],
-                "hovertemplate": f"%{{x:.4~r}} {unit}<br>%{{text}}",
+                "y": [n or "(model)" for n in names],
+                "x": [by[n][0] / size if n in by else 0 for n in names],
+                # the ops in the hover and the table: written on a bar they shrank to 6 px
+                "text": [_ops_text(by[n][1]) if n in by else "" for n in names],
+                "textposition": "none",
+                "hovertemplate": f"%{{x:.4~r}} {unit}<br>%{{text}}",  # the trace name is stored text: never in a template
                 "marker": {"color": styles[r.method]["marker"]["color"]},
             }
         )
@@ -382,20 +409,38 @@ def attribution(rows: list[AttributionRow], top: int = 15) -> dict | None:
                 memory_text(r.total_bytes),
                 _group_label(r.groups[0].module),
                 f"{r.groups[0].bytes / (r.total_bytes or 1):.0%}",
-                ", ".join(f"{op} {memory_text(b)}" for op, b in list(r.groups[0].ops.items())[:3]),
+                _ops_text(r.groups[0].ops),
             ]
             for r in fine
         ],
     }
-    layout = _layout(
+    layout = figure_layout(
         f"Saved activations by module, first step, batch {fine[0].batch_size}",
-        _memory_axis("bytes saved for backward", unit),
-        _axis("", autorange="reversed", automargin=True),
+        memory_axis("bytes saved for backward", unit),
+        titled_axis("", autorange="reversed", automargin=True),
         barmode="group",
         height=max(420, 60 + 22 * len(names) * max(1, len(fine)) // 2),
         margin={"t": 76, "l": 20, "r": 20, "b": 60},
     )
     return {"data": data, "layout": layout, "table": table}
+
+
+def _merged(r: AttributionRow) -> dict[str, tuple[int, dict[str, int]]]:
+    """Module -> (bytes, bytes by op) with peft's prefix dropped, so a LoRA run's modules line up
+    with full's; two paths that become one are summed."""
+    out: dict[str, tuple[int, dict[str, int]]] = {}
+    for g in r.groups:
+        size, ops = out.get(_module(g.module), (0, {}))
+        ops = dict(ops)
+        for op, b in g.ops.items():
+            ops[op] = ops.get(op, 0) + b
+        out[_module(g.module)] = (size + g.bytes, ops)
+    return out
+
+
+def _ops_text(ops: dict[str, int]) -> str:
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:3]
+    return ", ".join(f"{op} {memory_text(b)}" for op, b in top)
 
 
 def _throughput(job, device_bytes):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contract.rows import TrialRow
 
-from .charts import _axis, _layout, _memory_axis, _styles, memory_text, memory_unit, plotly_safe
+from .charts import figure_layout, memory_axis, memory_text, memory_unit, plotly_safe, titled_axis, trace_styles
 
 
 def parallel_label(spec: dict) -> str | None:
@@ -46,7 +46,7 @@ def per_rank(rows: list[TrialRow], spec: dict) -> dict | None:
     batch = _batch(fine)
     picked = [r for r in fine if r.batch_size == batch]
     unit, size = memory_unit(max(p or 0 for r in picked for _, p, _ in _ranks(r)))
-    styles = _styles(r.method for r in picked)
+    styles = trace_styles(r.method for r in picked)
     data = []
     for r in picked:
         ranks = _ranks(r)
@@ -78,5 +78,5 @@ def per_rank(rows: list[TrialRow], spec: dict) -> dict | None:
     }
     how = "measured" if any(r.ranks for r in picked) else "estimated: rank 0"
     title = f"Peak memory per rank · {label}, batch {batch} ({how})"
-    layout = _layout(title, _axis("rank"), _memory_axis("peak memory", unit), barmode="group")
+    layout = figure_layout(title, titled_axis("rank"), memory_axis("peak memory", unit), barmode="group")
     return {"data": data, "layout": layout, "table": table}

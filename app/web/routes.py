@@ -1,57 +1,45 @@
-"""HTML dashboards: jobs list with a submit form, job page, compare, history. plotly.js is served
-from the installed plotly package, so the pages work with no internet."""
+"""HTML dashboards: jobs list with a submit form, job page, compare, history ("what fits" is
+`fits.py`). plotly.js is served from the installed plotly package, so the pages work with no internet."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Literal
 
 import plotly
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from fastapi.templating import Jinja2Templates
-from markupsafe import Markup
 from pydantic import BeforeValidator, Field
 
 from app.api.deps import Reader, SessionDep
 from app.csv_export import csv_response
-from app.finite import finite
 from app.services import jobs as job_service
 from app.services import results
 from app.services.filters import Filter, Page
 from app.web import charts, pivot
+from app.web.batch_charts import group_largest_batches
 from app.web.job_charts import JOB_CHARTS, WIDE_CHARTS, memory_vs_batch
+from app.web.pages import GIB, HERE, page
+from app.web.pages import page_json as page_json  # re-exported: the tests check it here
 from app.web.parallel_charts import parallel_label
 from contract.measurements import MEASUREMENTS
 from contract.results import JobStatus
 from contract.rows import TrialRow
 
-HERE = Path(__file__).parent
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-templates = Jinja2Templates(directory=HERE / "templates")
-_JSON_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
-
-
-def page_json(value) -> Markup:
-    """`value` as JSON for a `<script type="application/json">` block that dash.js reads with
-    JSON.parse: no `<`, `>` or `&` left in it (each is its \\u escape, which JSON.parse reads
-    back), so no stored string can close the block or open another element. A legacy NaN is null:
-    JSON.parse refuses Python's NaN."""
-    return Markup(json.dumps(finite(value), allow_nan=False).translate(_JSON_ESCAPES))
-
-
-templates.env.filters["page_json"] = page_json
 router = APIRouter(include_in_schema=False)
-GIB = 2**30
 _EXAMPLE = HERE.parents[1] / "examples" / "minimal.json"
 EXAMPLE_SPEC = _EXAMPLE.read_text() if _EXAMPLE.exists() else "{}"  # prefills the submit form
 METRICS = {"peak_bytes": 1 / GIB, "first_step_peak_bytes": 1 / GIB, "activation_bytes": 1 / GIB, "tokens_per_s": 1}
-JOBS_SHOWN = 200
+JOBS_PER_PAGE = 50
+MAX_JOBS_PER_PAGE = 200
+JOBS_REFRESH_MS = 5000  # the jobs list fetches itself again this often (dash.js)
+DTYPES = ("fp32", "bf16", "fp16", "bf16-weights")  # the filters' choices: JobSpec's dtypes
+MAX_BATCH_CHARTS = 6  # largest-batch charts on the compare page, the latest conditions first
 # the filter forms send "" for "any"
 _ANY = BeforeValidator(lambda value: value or None)
 AnyStatus = Annotated[JobStatus | None, _ANY]
@@ -88,11 +76,7 @@ def _models(session, chosen: str | None) -> tuple[dict[str, str], str | None]:
     return models, chosen or next(iter(models), None)
 
 
-def page(request: Request, template: str, **context) -> HTMLResponse:
-    return templates.TemplateResponse(request, template, context)
-
-
-@router.get("/", response_class=HTMLResponse)
+@router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(
     request: Request,
     session: SessionDep,
@@ -101,16 +85,39 @@ def jobs_page(
     model: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    page_number: int = Query(1, alias="page", ge=1, le=1_000_000, description="1: the newest jobs"),
+    per_page: int = Query(JOBS_PER_PAGE, ge=1, le=MAX_JOBS_PER_PAGE),
 ) -> HTMLResponse:
+    """The jobs, newest first, a page at a time; queued ones with their place in the queue. The page
+    fetches itself again every JOBS_REFRESH_MS (dash.js) and swaps in the new list."""
     f = Filter(status=status, model=model, mode=device, dtype=dtype)
+    listed = job_service.listed(session, f, Page(per_page, (page_number - 1) * per_page))
+    total = job_service.count(session, f)
+    filters = {"status": status, "model": model, "device": device, "dtype": dtype}
+
+    def link(number: int) -> str:
+        query = {k: v for k, v in filters.items() if v} | {"page": number}
+        if per_page != JOBS_PER_PAGE:
+            query["per_page"] = per_page
+        return "/jobs?" + urllib.parse.urlencode(query)
+
+    first = (page_number - 1) * per_page + 1
     return page(
         request,
         "jobs.html",
-        jobs=job_service.listed(session, f, Page(JOBS_SHOWN)),
+        jobs=listed,
+        positions=job_service.queue_positions(session, [j.id for j in listed if j.status == JobStatus.queued]),
         models=job_service.models(session),
         statuses=list(JobStatus),
-        filters={"status": status, "model": model, "device": device, "dtype": dtype},
+        dtypes=DTYPES,
+        filters=filters,
         example=EXAMPLE_SPEC,
+        total=total,
+        shown=(first, first + len(listed) - 1),
+        previous=link(page_number - 1) if page_number > 1 else None,
+        next=link(page_number + 1) if first - 1 + len(listed) < total else None,
+        first_page=link(1) if page_number > 1 and not listed else None,
+        refresh_ms=JOBS_REFRESH_MS,
     )
 
 
@@ -218,6 +225,8 @@ def compare_page(
         for r in rows
     ]
     figure = memory_vs_batch(by_mode, None, f.mode or "mixed") if rows else None
+    groups = _batch_groups(session, f) if model else []
+    figures = {"compare": figure} | {f"max_batch_{i}": g.figure() for i, g in enumerate(groups[:MAX_BATCH_CHARTS])}
     return page(
         request,
         "compare.html",
@@ -227,7 +236,10 @@ def compare_page(
         table=lines,
         reconcile=reconcile,
         baseline=baseline,
-        figure=figure,
+        figures=figures,
+        dtypes=DTYPES,
+        batch_groups=groups,
+        batch_charts=min(len(groups), MAX_BATCH_CHARTS),
         filters={
             "dtype": f.dtype,
             "mode": f.mode,
@@ -240,6 +252,19 @@ def compare_page(
         methods=results.methods(session, model),
         export_query=request.url.query,
     )
+
+
+def _batch_groups(session, f: Filter) -> list:
+    """The largest batch per method across the model's succeeded jobs, a group per set of conditions
+    (mode, memory target, length, dtype, parallel, compiled), with the compare page's filters."""
+    groups = group_largest_batches(results.max_batches(session, f), f.methods)
+    return [
+        g
+        for g in groups
+        if f.strategy in (None, g.strategy)
+        and f.world_size in (None, g.world_size)
+        and f.compiled in (None, g.compiled)
+    ]
 
 
 @router.get("/compare.csv")
@@ -265,7 +290,9 @@ def history_page(
     rows = results.largest_batch_rows(session, Filter(model=model), metric, batch_size) if model else []
     points = [
         {
-            "method": results.series(r),  # a compiled or parallel run is its own line
+            # a compiled or parallel run, another dtype or an estimate beside a measurement: its own line
+            "method": f"{results.series(r)} · {r.dtype} · {r.mode}",
+            "batch": r.batch_size,
             "at": r.created_at.isoformat(),
             "value": getattr(r, metric) * METRICS[metric],
             "job_id": r.job_id,
@@ -280,7 +307,7 @@ def history_page(
         models=models,
         model=model,
         metric=metric,
-        metrics=sorted(METRICS),
+        metrics={m: charts.METRICS[m][0] for m in sorted(METRICS)},
         batch_size=batch_size,
         figure=figure,
         count=len(points),

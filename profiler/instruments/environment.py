@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -27,11 +28,11 @@ def describe(mode: str) -> dict:
     import torch
     import transformers
 
+    # the installed version, not `import peft`: importing it pulls in transformers' generation
+    # code and scikit-learn, 4 s of every job that runs no LoRA
     try:
-        import peft
-
-        peft_version = peft.__version__
-    except ImportError:
+        peft_version = importlib.metadata.version("peft")
+    except importlib.metadata.PackageNotFoundError:
         peft_version = None
     env = {
         "mode": mode,

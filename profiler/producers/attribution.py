@@ -13,7 +13,7 @@ from ..trial.mode import trial_in_mode
 
 
 def attribute(trial, mode: str, method: str = "", top: int = TOP_MODULES) -> dict:
-    """One first training step of `trial` (a `measure.Trial`), its saved bytes by module and op.
+    """One first training step of `trial` (a `trial.build.Trial`), its saved bytes by module and op.
 
     `mode` is the trial's: "cuda", "cpu" or "estimate" (then build the trial under FakeTensorMode
     and call this inside it; `trial.kernels` says which CUDA device's kernels the trace follows and

@@ -1,5 +1,5 @@
 """Measured DDP/FSDP trials (`cpu` with gloo, `cuda` with NCCL): one process per rank, each building
-the same seeded model, wrapping it as `parallel.wrap` does and measuring its own peak the way the
+the same seeded model, wrapping it as `sharding.wrap` does and measuring its own peak the way the
 one-device path does (a CPUAllocatorRecord spanning the trial on cpu, CUDA's statistics on cuda)
 and its step time. Ranks report through a file each; `merge_ranks` makes one row of them."""
 

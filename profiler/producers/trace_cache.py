@@ -60,7 +60,8 @@ def folder() -> Path | None:
 
 @functools.cache
 def _code_and_versions() -> str:
-    import peft
+    import importlib.metadata
+
     import torch
     import transformers
 
@@ -69,7 +70,7 @@ def _code_and_versions() -> str:
     for package in _PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    versions = (sys.version_info[:2], torch.__version__, transformers.__version__, peft.__version__)
+    versions = (sys.version_info[:2], torch.__version__, transformers.__version__, importlib.metadata.version("peft"))
     return f"{versions}|{digest.hexdigest()}"
 
 

@@ -48,7 +48,7 @@ def measure_memory(
     replaces them with a CPUAllocatorRecord's, which has to span the trial's construction too, and
     calls `reconcile` again. An estimate of a CUDA device counts storages in the allocator's block
     sizes, plus the cuBLAS workspaces a real device holds from its first matmul on. `tracker` and
-    `saved` replace the default tracker and saved-tensor counter (profiler/parallel.py passes
+    `saved` replace the default tracker and saved-tensor counter (producers/sharding.py passes
     sharding-aware ones). Each breakdown is the tracker's composition at its own peak, the part of
     the reported peak the tracker does not see (workspaces; on cuda and cpu what kernels allocate
     inside themselves) in `other` and in untracked_bytes, so that it sums to the peak (`reconcile`).

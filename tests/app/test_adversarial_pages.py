@@ -174,7 +174,7 @@ def built_figures():
     ]
     figures["ranks"] = parallel_charts.per_rank(ranked, {"parallel": {"strategy": "fsdp", "world_size": 2}})
     points = [
-        {"method": m, "at": f"2024-01-0{1 + i % 5}T00:00:00", "value": 1.0 + i, "job_id": HOSTILE[i % 5]}
+        {"method": m, "at": f"2024-01-0{1 + i % 5}T00:00:00", "value": 1.0 + i, "job_id": HOSTILE[i % 5], "batch": 4}
         for i, m in enumerate(METHODS)
     ]
     figures["history"] = charts.history(points, "peak_bytes GiB")
@@ -383,8 +383,12 @@ def pages(site) -> dict[str, str]:
     m = urllib.parse.quote(site.model)
     bad = urllib.parse.quote(HOSTILE[1])
     return {
-        "jobs": "/",
-        "jobs-filtered": f"/?model={m}",
+        "fits": "/",
+        "fits-stored": f"/fits/{site.stored}",
+        "fits-worked": f"/fits/{site.worked}",
+        "jobs": "/jobs",
+        "jobs-filtered": f"/jobs?model={m}",
+        "jobs-old-link": f"/?model={m}",
         "job-stored": f"/jobs/{site.stored}",
         "job-convergence": f"/jobs/{site.conv}",
         "job-worked": f"/jobs/{site.worked}",
@@ -404,8 +408,9 @@ def pages(site) -> dict[str, str]:
 DRAWN = {
     "job-stored": ("memory", "max_batch", "throughput", "breakdown", "frontier", "attribution", "fidelity"),
     "job-convergence": ("loss", "accuracy"),
-    "compare": ("compare",),
-    "compare-hostile-baseline": ("compare",),
+    "fits-stored": ("fits",),
+    "compare": ("compare", "max_batch_0"),
+    "compare-hostile-baseline": ("compare", "max_batch_0"),
     "history": ("history",),
     "history-speed": ("history",),
 }
@@ -438,7 +443,7 @@ def test_pages_hold_no_stored_markup_and_send_a_policy(site):
     import httpx
 
     for name, path in pages(site).items():
-        r = httpx.get(site.url + path)
+        r = httpx.get(site.url + path, follow_redirects=True)
         assert r.headers["content-type"].startswith("text/html"), name
         csp = r.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline' " not in csp.split("style-src")[0], (name, csp)
@@ -590,17 +595,24 @@ def test_every_page_runs_nothing_a_client_stored(site, browser):
                 assert set(HOSTILE) <= set(page.locator("#chart-fidelity .xtick text").all_text_contents())
                 assert HOSTILE[1] in page.inner_text("#table-attribution")
                 assert HOSTILE[0] in page.inner_text("pre.error")
+            if name == "fits-stored":  # the largest batch per method: the names as text, bars and table
+                assert set(METHODS) <= set(page.locator("#chart-fits .xtick text").all_text_contents())
+                assert set(HOSTILE) <= set(page.locator("#fits td:first-child").all_text_contents())
             if name == "job-convergence":
                 assert HOSTILE[0] in page.inner_text("#convergence") and HOSTILE[0] in page.inner_text(".note")
             if name == "job-worked":
                 page.wait_for_timeout(2500)  # one poll of a running job: its message is set as text
                 assert HOSTILE[4] in page.inner_text("#progress-msg") or page.inner_text("#status") != "running"
             if name in ("compare", "compare-hostile-baseline"):
+                assert set(METHODS) <= set(page.locator("#chart-max_batch_0 .xtick text").all_text_contents())
+                assert HOSTILE[1] in page.inner_text("#max-batch")
                 legend = page.locator("#chart-compare .legendtext").all_text_contents()
                 assert f"{HOSTILE[0]} [cpu]" in legend and f"{HOSTILE[0]} [estimate]" in legend
                 assert HOSTILE[0] in page.inner_text("#reconcile")
             if name == "history":
-                assert set(METHODS) <= set(page.locator("#chart-history .legendtext").all_text_contents())
+                # each series is named "method · dtype · mode": the method character for character
+                legend = page.locator("#chart-history .legendtext").all_text_contents()
+                assert {m for m in METHODS if any(t.startswith(f"{m} · ") for t in legend)} == set(METHODS), legend
     elapsed = time.perf_counter() - began
     assert not seen["dialogs"], seen["dialogs"]
     assert not seen["errors"], seen["errors"]
@@ -639,7 +651,7 @@ def test_the_token_stays_in_the_tab_and_docs_can_send_it(site, browser):
         pytest.skip("the browser's storage and Swagger UI do not depend on the store")
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     seen = _watch(page, site)
-    page.goto(site.url + "/")
+    page.goto(site.url + "/jobs")
     page.evaluate("localStorage.setItem('wtacrs-token', 'left-by-an-older-page')")
     page.reload()
     assert page.evaluate("localStorage.getItem('wtacrs-token')") is None  # dropped on sight
@@ -648,8 +660,10 @@ def test_the_token_stays_in_the_tab_and_docs_can_send_it(site, browser):
     page.wait_for_url("**/jobs/*")
     assert page.evaluate("localStorage.getItem('wtacrs-token')") is None
     assert page.evaluate("sessionStorage.getItem('wtacrs-token')") == TOKEN
-    page.goto(site.url + "/")
+    page.goto(site.url + "/jobs")
     assert page.input_value("#token") == TOKEN  # kept for this tab's next submit
+    page.goto(site.url + "/")
+    assert page.input_value("#token") == TOKEN  # and the "what fits" form's
     # /docs: Authorize, then "Try it out" on POST /api/jobs creates a job
     page.goto(site.url + "/docs")
     page.click("button.authorize")

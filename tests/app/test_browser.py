@@ -313,7 +313,7 @@ def test_parallel_job_draws_memory_per_rank(site):
 
 def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page = site["browser"].new_page(viewport={"width": 1300, "height": 900})
-    page.goto(site["url"] + "/")
+    page.goto(site["url"] + "/jobs")
     page.fill("#token", TOKEN)
     spec = json.loads(page.input_value("#spec"))
     page.fill("#spec", json.dumps({**spec, "model": "bert-huge"}))
@@ -326,7 +326,7 @@ def test_submit_form_creates_a_job_and_shows_validation_errors(site):
     page.wait_for_url("**/jobs/*")
     page.wait_for_selector("#status")  # the job exists as soon as the 201 arrives (committed first)
     assert page.inner_text("#status") == "queued"
-    page.goto(site["url"] + "/")
+    page.goto(site["url"] + "/jobs")
     assert page.locator("#jobs tr").count() == 6  # header + the four finished jobs + the new one
     shot(page, "jobs")
 

@@ -68,7 +68,7 @@ def every_figure():
         {"method": "full", "losses": [1.0, 0.5], "evals": [], "peak_bytes": 420 * MIB, "accuracy": 0.861},
         {"method": "lora", "losses": [1.0, 0.6], "evals": [], "peak_bytes": 300 * MIB, "accuracy": 0.858},
     ]
-    points = [{"method": "full", "at": "2026-01-01T10:00:00", "value": 0.0944815, "job_id": "a"}]
+    points = [{"method": "full", "at": "2026-01-01T10:00:00", "value": 0.0944815, "job_id": "a", "batch": 8}]
     return {
         "memory": job_charts.memory_vs_batch(results, None, "cpu"),
         "max_batch": job_charts.max_batch_bars(as_max_batch([{"method": "full", "max_batch_size": 3}])),
@@ -110,6 +110,15 @@ def test_device_line_counts_when_choosing_the_unit():
     fig = job_charts.memory_vs_batch(rows(["full"], [2], tiny), 80 * GIB, "cuda")
     assert fig["layout"]["shapes"][0]["y0"] == 80
     assert fig["layout"]["yaxis"]["title"]["text"].endswith("(GiB)")
+
+
+def test_the_memory_line_is_labelled_under_itself_clear_of_the_title():
+    """The line is often the chart's top: its label hangs below it at the left end (above it, it ran
+    into the title, which sits just above the plot), and names the number."""
+    label = job_charts.memory_vs_batch(rows(["full"], [2], tiny), 80 * GIB, "estimate")["layout"]["shapes"][0]["label"]
+    assert label["text"] == "target 80 GiB" and label["yanchor"] == "top" and label["textposition"] == "start"
+    measured = job_charts.memory_vs_batch(rows(["full"], [2], tiny), 79.6 * GIB, "cuda")["layout"]["shapes"][0]
+    assert measured["label"]["text"] == "device memory 79.6 GiB"
 
 
 @pytest.mark.parametrize(
@@ -168,6 +177,58 @@ def test_breakdown_puts_small_activations_first_distinct_and_labelled():
     assert table["rows"][0][:2] == ["full", "205 KiB"]
 
 
+def test_breakdown_table_names_the_peak_and_everything_saved_for_backward():
+    bd = {"parameters": 30 * MIB, "gradients": 30 * MIB, "optimizer_state": 35 * MIB, "activations": MIB}
+    summed = 96 * MIB
+    at_peak = rows(["full"], [2], lambda m, b: summed, breakdown=bd, activation_bytes=3 * MIB)
+    fig = job_charts.breakdown(at_peak)
+    assert fig["table"]["columns"][-2:] == ["total (= peak)", "saved for backward (all, first step)"]
+    assert fig["table"]["rows"][0][-2:] == ["96.0 MiB", "3.00 MiB"]
+    # a row whose categories do not reach its peak says by how much, rather than disagree silently
+    short = rows(["full"], [2], lambda m, b: summed + 9 * MIB, breakdown=bd)
+    assert job_charts.breakdown(short)["table"]["rows"][0][-2:] == [
+        "96.0 MiB (peak 105 MiB: 9.00 MiB not in a category)",
+        "N/A",
+    ]
+
+
+def test_throughput_draws_the_spread_of_its_steps_and_flags_unsteady_rows():
+    def timed(method, batch, median, fastest, slowest, steps):
+        return TrialRow(
+            method=method, batch_size=batch, mode="cpu", peak_bytes=MIB, tokens_per_s=1000 / median,
+            step_time_s=median, step_time_min_s=fastest, step_time_max_s=slowest, timed_steps=steps,
+        )  # fmt: skip
+
+    fig = job_charts.throughput([timed("full", 2, 1.0, 0.9, 1.1, 5), timed("lora", 2, 1.0, 0.5, 2.0, 3)])
+    steady, unsteady = fig["data"]
+    assert steady["error_y"]["array"] == pytest.approx([1000 / 0.9 - 1000])  # up to the fastest step
+    assert steady["error_y"]["arrayminus"] == pytest.approx([1000 - 1000 / 1.1])  # down to the slowest
+    assert unsteady["error_y"]["array"] == pytest.approx([1000.0])
+    words = {row[0]: row[-1] for row in fig["table"]["rows"]}
+    assert words["full"] == "steady"
+    assert words["lora"] == "unsteady: steps vary 150% of the median; only 3 timed steps"
+    assert fig["table"]["rows"][0][3] == "1,100.0 – 900.0 ms"
+
+
+def test_attribution_merges_peft_prefixes_and_keeps_ops_off_the_bars():
+    full = AttributionRow(
+        method="full", batch_size=4, mode="cpu", total_bytes=3 * MIB,
+        groups=[{"module": "encoder.layer.*.attention", "bytes": 3 * MIB, "ops": {"bmm": 3 * MIB}}],
+    )  # fmt: skip
+    lora = AttributionRow(
+        method="lora", batch_size=4, mode="cpu", total_bytes=3 * MIB,
+        groups=[
+            {"module": "base_model.model.encoder.layer.*.attention", "bytes": 2 * MIB, "ops": {"bmm": 2 * MIB}},
+            {"module": "encoder.layer.*.attention", "bytes": MIB, "ops": {"softmax": MIB}},
+        ],
+    )  # fmt: skip
+    fig = job_charts.attribution([full, lora])
+    assert [t["y"] for t in fig["data"]] == [["encoder.layer.*.attention"]] * 2  # one bar per module, not two
+    assert fig["data"][1]["x"] == [3] and fig["data"][1]["text"] == ["bmm 2.00 MiB, softmax 1.00 MiB"]
+    assert all(t["textposition"] == "none" for t in fig["data"])  # ops in the hover and the table
+    assert fig["table"]["rows"][1][3] == "encoder.layer.*.attention"
+
+
 OLD_ZERO = {"relative_error": 0.0, "relative_bias": 0.0, "relative_variance": 0.0, "exact_norm": 1e-30}
 NEW_ZERO = {"relative_error": None, "relative_bias": None, "relative_variance": None, "exact_norm": 0.0}
 DEFINED = {"relative_error": 0.4, "relative_bias": 0.01, "relative_variance": 0.16, "exact_norm": 2.5}
@@ -201,8 +262,8 @@ def test_fidelity_with_some_layers_undefined_counts_them():
 
 def test_history_reads_in_words_and_readable_units():
     points = [
-        {"method": "full", "at": "2026-01-01T10:00:00+00:00", "value": 0.0944815, "job_id": "a"},
-        {"method": "full", "at": "2026-01-01T10:00:01+00:00", "value": 0.0944850, "job_id": "b"},
+        {"method": "full", "at": "2026-01-01T10:00:00+00:00", "value": 0.0944815, "job_id": "a", "batch": 8},
+        {"method": "full", "at": "2026-01-01T10:00:01+00:00", "value": 0.0944850, "job_id": "b", "batch": 8},
     ]
     fig = charts.history(points, "peak_bytes GiB")
     layout = fig["layout"]
@@ -215,6 +276,7 @@ def test_history_reads_in_words_and_readable_units():
     speed = charts.history([{**points[0], "value": 1234.5}], "tokens_per_s")["layout"]
     assert speed["title"]["text"] == "Throughput over time"
     assert speed["yaxis"]["title"]["text"] == "throughput (tokens/s)"
+    assert fig["data"][0]["text"] == ["batch 8 · job a", "batch 8 · job b"]  # each point says its batch
 
 
 def test_accuracy_axis_is_not_zoomed_onto_seed_noise():
@@ -357,3 +419,17 @@ def test_largest_batch_bars_show_the_batch_then_the_ratio_and_the_conditions():
     title = job_charts.max_batch_bars(own, "fsdp×8", 80 * GIB, 128, "bf16")["layout"]["title"]["text"]
     assert title == "Largest micro-batch per rank that fits in 72 GiB · fsdp×8 · length 256 · bf16"
     assert job_charts.max_batch_title(limit_bytes=79.6 * GIB) == "Largest batch that fits in 79.6 GiB"
+
+
+def test_other_modules_import_only_public_chart_helpers():
+    """charts.py is a public module: what another module imports from it has no leading underscore
+    (a private name is charts.py's own and may change)."""
+    import ast
+    from pathlib import Path
+
+    app = Path(charts.__file__).resolve().parents[1]
+    for path in app.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "charts":
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path}:{node.lineno} imports {private} from {node.module}"

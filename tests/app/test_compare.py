@@ -5,6 +5,7 @@ run the same way; OOM rows kept, without ratio."""
 import csv
 import io
 import json
+import re
 
 from app.models import ResultRow
 from app.services.results import COLUMNS, series
@@ -194,7 +195,8 @@ def test_compiled_and_eager_runs_of_a_method_are_separate_series(client):
     assert json.dumps("full · compiled [cpu]") in page  # the chart's series
     assert client.get("/compare", params={"model": "bert-tiny", "compiled": ""}).status_code == 200  # "any"
     history = client.get("/history", params={"model": "bert-tiny"}).text  # one line per series there too
-    assert json.dumps("wtacrs@0.3 · compiled") in history and json.dumps("wtacrs@0.3") in history
+    assert json.dumps("wtacrs@0.3 · compiled · fp32 · cpu") in history
+    assert json.dumps("wtacrs@0.3 · fp32 · cpu") in history
     eager_page = client.get("/compare", params={"model": "bert-tiny", "compiled": "false"}).text
     assert "full · compiled" not in eager_page and "2.25x less memory than full" in eager_page
     assert '<option value="false" selected>eager</option>' in eager_page
@@ -258,3 +260,36 @@ def test_a_method_has_one_colour_and_dash_on_the_job_and_compare_pages(client):
     assert len(set(on_job.values())) == len(methods)  # five methods, five looks
     assert on_job["full"] == charts.METHOD_STYLES["full"]
     assert charts.RED not in {c for c, _ in on_job.values()}  # red means OOM
+
+
+def test_the_largest_batch_per_method_across_jobs_one_chart_per_set_of_conditions(client):
+    """The compare page's largest-batch view: the job page's bars (the batch, then its ratio to full
+    in words; the target, length and dtype in the title), a group per set of conditions, the newest
+    job's answer per method in each; the filters apply."""
+    from tests.app.test_fits_page import LARGEST, estimate_result, finish, form
+
+    w = register(client)
+    spec = form(client).spec(model="bert-tiny", seq_len=64)
+    first = finish(client, w, spec, estimate_result(spec))
+    newer = estimate_result(spec, {m: 2 * n for m, n in LARGEST.items()})
+    latest = finish(client, w, spec, newer)  # the same conditions: its answers replace the first's
+    small = form(client).spec(model="bert-tiny", seq_len=64, memory=24, methods=["full", "wtacrs@0.3"])
+    smaller = finish(client, w, small, estimate_result(small))
+    html = client.get("/compare?model=bert-tiny").text
+    got = json.loads(re.search(r'id="figures">(.*?)</script>', html, re.S).group(1))
+    assert set(got) == {"compare", "max_batch_0", "max_batch_1"} and 'id="chart-max_batch_1"' in html
+    newest, older = got["max_batch_0"], got["max_batch_1"]  # the newest job's conditions first
+    assert newest["layout"]["title"]["text"] == "Largest batch that fits in 24 GiB · length 64 · fp32 (estimated)"
+    assert newest["data"][0]["x"] == ["full", "wtacrs@0.3"] and newest["data"][0]["y"] == [24, 52]
+    assert newest["data"][0]["text"] == ["", "2.17x full's batch"]
+    assert older["layout"]["title"]["text"] == "Largest batch that fits in 80 GiB · length 64 · fp32 (estimated)"
+    assert older["data"][0]["y"] == [2 * n for n in LARGEST.values()]
+    table = re.search(r'<table id="max-batch">(.*?)</table>', html, re.S).group(1)
+    assert "estimated · 24 GiB · length 64 · fp32" in table and f"/jobs/{latest}" in table
+    assert f"/jobs/{smaller}" in table and f"/jobs/{first}" not in table
+    only = client.get("/compare?model=bert-tiny&method=lora&mode=estimate").text
+    assert json.loads(re.search(r'id="figures">(.*?)</script>', only, re.S).group(1))["max_batch_0"]["data"][0][
+        "x"
+    ] == ["lora"]
+    assert "No job of this model searched the largest batch" in client.get("/compare?model=bert-tiny&mode=cpu").text
+    assert "No job of this model searched" in client.get("/compare?model=bert-tiny&strategy=fsdp").text

@@ -36,6 +36,6 @@ def test_pages_name_the_model_by_its_label_and_select_it_by_key(client):
     job_id = finish(client, w, [row("full", 2, 360)], spec={"model": SMALL})
     key = client.get(f"/api/jobs/{job_id}").json()["model"]
     label = "bert (hidden 256, 4 layers, 4 heads)"
-    for url in ("/", f"/jobs/{job_id}", f"/compare?model={key}", f"/history?model={key}"):
+    for url in ("/jobs", f"/jobs/{job_id}", f"/compare?model={key}", f"/history?model={key}"):
         assert label in client.get(url).text, url
     assert f'<option value="{key}" selected>{label}</option>' in client.get(f"/compare?model={key}").text

@@ -45,6 +45,7 @@ def test_claim_heartbeat_result(client):
     )
     assert hb.json() == {"cancel": False, "lease_seconds": 60.0}
     assert client.get(f"/api/jobs/{job_id}").json()["progress"] == 0.5
+    assert client.get(f"/api/jobs/{job_id}").json()["progress_message"] == "half"
     oom_row = {**ROW, "batch_size": 4, "oom": True, "peak_bytes": None}
     result = {
         "results": [ROW, oom_row],
@@ -56,6 +57,7 @@ def test_claim_heartbeat_result(client):
     assert r.status_code == 204, r.text
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["status"] == "succeeded"  # an OOM row is a measurement
+    assert job["progress"] == 1.0 and job["progress_message"] == "done: 2 rows stored"  # not "half"
     assert [row["batch_size"] for row in job["results"]] == [2, 4] and job["max_batch"][0]["max_batch_size"] == 9
     kinds = [e["kind"] for e in client.get(f"/api/jobs/{job_id}/events").json()]
     assert kinds == ["created", "claimed", "succeeded"]

@@ -77,7 +77,6 @@ def _categories(breakdown: dict, merge: bool) -> dict:
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not CASES, reason=f"no recorded GPU reference in {[str(d) for d in REFERENCE_DIRS]}")
 @pytest.mark.parametrize("name,job,row", CASES, ids=[c[0] for c in CASES])
 def test_estimate_matches_gpu(name, job, row, monkeypatch):

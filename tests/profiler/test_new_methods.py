@@ -158,3 +158,23 @@ def test_offload_rows_say_how_much_the_host_keeps():
     # cpu: nothing moves, the saved tensors are host memory already and count as activations
     assert cpu["lora+offload"]["host_bytes"] == 0
     assert cpu["lora+offload"]["activation_bytes"] == cpu["lora"]["activation_bytes"]
+
+
+@pytest.mark.slow
+def test_the_frontier_chart_of_one_job_shows_every_method():
+    """Issue 28's bar: one cpu job with the old and the new methods, its memory-vs-throughput chart
+    (the job page's `frontier`) has a series for each."""
+    from app.web.job_charts import frontier
+
+    methods = ["full", "lora", "checkpointing", "wtacrs@0.3", "lora+wtacrs@0.3", *NEW]
+    spec = {
+        **BASE,
+        "model": "bert-tiny",
+        "device": "cpu",
+        "methods": methods,
+        "measurements": ["peak_memory", "throughput"],
+    }
+    result = run_job(JobSpec.model_validate(spec), isolate=False)
+    assert not result.errors, result.errors
+    figure = frontier(result.results)
+    assert {t["name"] for t in figure["data"]} == {*methods, "frontier"}

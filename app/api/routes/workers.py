@@ -1,17 +1,17 @@
-"""Worker endpoints: register, claim, heartbeat (with progress), post a result or a failure."""
+"""Worker endpoints: register, claim, heartbeat (with progress), post a result or a failure. A
+LeaseLost from the queue (the worker no longer holds the job) answers 409, in app/errors.py."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from app.api.bodies import JsonBody
 from app.api.deps import QueueDep, SessionDep, WorkerAuth
-from app.models import Job, Worker, utcnow
-from app.queue import LeaseLost
+from app.models import Job, Worker
 from app.schemas import (
     AttemptFailure,
     AttemptResult,
@@ -32,13 +32,7 @@ RESULT_PATH = r"/api/workers/[^/]+/jobs/[^/]+/result"  # takes larger bodies (Se
 
 
 def _worker(session, worker_id: str, who) -> Worker:
-    worker = session.get(Worker, worker_id)
-    if worker is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no worker {worker_id!r}: register first")
-    if who.role != "admin" and worker.token_name != who.name:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this worker was registered with another token")
-    worker.last_seen = utcnow()
-    return worker
+    return workers.get_own(session, worker_id, who.name, admin=who.role == "admin")
 
 
 def _stored_spec(db, job_id: str) -> dict | None:
@@ -56,11 +50,6 @@ async def posted_result(request: Request, job_id: str, who: WorkerAuth) -> Attem
     context = posted_context(spec) if spec is not None else {POSTED: RowBounds()}
     raw = await request.body()  # the size limit (app.limits) applies while this reads
     return await run_in_threadpool(RESULT_BODY.parse, raw, context)
-
-
-def _lost(err: LeaseLost) -> HTTPException:
-    """The attempt was re-claimed, cancelled or finished: the worker must drop it."""
-    return HTTPException(status.HTTP_409_CONFLICT, str(err))
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=WorkerPublic)
@@ -88,10 +77,7 @@ def heartbeat(
     worker_id: str, job_id: str, body: Heartbeat, session: SessionDep, queue: QueueDep, who: WorkerAuth
 ) -> HeartbeatReply:
     _worker(session, worker_id, who)
-    try:
-        job = queue.heartbeat(job_id, worker_id, body.attempt, body.progress, body.message)
-    except LeaseLost as err:
-        raise _lost(err) from None
+    job = queue.heartbeat(job_id, worker_id, body.attempt, body.progress, body.message)  # LeaseLost: a 409
     return HeartbeatReply(cancel=job.cancel_requested, lease_seconds=queue.lease_seconds)
 
 
@@ -107,12 +93,9 @@ def post_result(
     queue: QueueDep,
 ) -> Response:
     _worker(session, worker_id, who)
-    try:
-        queue.held(job_id, worker_id, body.attempt)  # a stale attempt's rows are never written
-        results.save(session, job_id, body.result)  # the rows were validated with the body
-        queue.complete(job_id, worker_id, body.attempt, body.result.errors)
-    except LeaseLost as err:
-        raise _lost(err) from None
+    queue.held(job_id, worker_id, body.attempt)  # a stale attempt's rows are never written
+    results.save(session, job_id, body.result)  # the rows were validated with the body
+    queue.complete(job_id, worker_id, body.attempt, body.result.errors)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -121,9 +104,6 @@ def post_failure(
     worker_id: str, job_id: str, body: AttemptFailure, session: SessionDep, queue: QueueDep, who: WorkerAuth
 ) -> dict:
     _worker(session, worker_id, who)
-    try:
-        if body.cancelled:
-            return {"status": queue.stopped(job_id, worker_id, body.attempt)}
-        return {"status": queue.fail_attempt(job_id, worker_id, body.attempt, body.error, body.retryable)}
-    except LeaseLost as err:
-        raise _lost(err) from None
+    if body.cancelled:
+        return {"status": queue.stopped(job_id, worker_id, body.attempt)}
+    return {"status": queue.fail_attempt(job_id, worker_id, body.attempt, body.error, body.retryable)}

@@ -1,9 +1,10 @@
-// Draw server-built Plotly figures; poll a running job; submit jobs from the browser.
+// Draw server-built Plotly figures; poll a running job; refresh the jobs list; submit jobs from the
+// browser (a spec as JSON, or the "what fits" form).
 // The pages run no inline script (their Content-Security-Policy allows none): each page says what it
-// has in markup (a JSON block #figures, the job's id on #job-status, the form #submit-form) and
-// this file starts what is there.
+// has in markup (a JSON block #figures, the job's id on #job-status, the forms #submit-form and
+// #fits-form, the list #jobs-list) and this file starts what is there.
 
-// The modebar shows on hover only; titles sit below its row (charts._layout), so it never covers
+// The modebar shows on hover only; titles sit below its row (charts.figure_layout), so it never covers
 // them. Gone: the selection tools no chart here uses, and "Share chart", which uploads the figure
 // to Plotly Cloud (these pages work offline and their data stays on the server).
 const PLOT_CONFIG = {
@@ -53,6 +54,8 @@ function pollJob(id, status) {
     document.getElementById("status").textContent = job.status;
     document.getElementById("progress").value = job.progress;
     document.getElementById("progress-msg").textContent = job.progress_message || "";
+    const place = document.getElementById("queue-position");
+    if (place) place.textContent = job.queue_position ? "#" + job.queue_position + " in queue" : "";
     const waiting = document.getElementById("waiting");  // a worker able to run it may come or go
     waiting.textContent = job.waiting_for ? "Waiting for " + job.waiting_for : "";
     waiting.hidden = !job.waiting_for;
@@ -61,14 +64,60 @@ function pollJob(id, status) {
   }, 2000);
 }
 
-function setupSubmit() {
-  const form = document.getElementById("submit-form");
-  const token = document.getElementById("token");
-  const error = document.getElementById("submit-error");
+function refreshJobs(list) {
+  // The jobs list as the server renders it (escaped there), fetched again and swapped in; only
+  // while the tab is shown. A failed fetch keeps the list there and tries again later.
+  setTimeout(async () => {
+    try {
+      if (document.visibilityState === "visible") {
+        const r = await fetch(location.href, {headers: {"Accept": "text/html"}});
+        if (r.ok) {
+          const fresh = new DOMParser().parseFromString(await r.text(), "text/html").getElementById("jobs-list");
+          if (fresh) {
+            const current = document.getElementById("jobs-list");
+            current.replaceWith(document.adoptNode(fresh));
+            list = fresh;
+          }
+        }
+      }
+    } catch (e) {
+      // the server is away for a moment (a restart): the list stays as it was
+    }
+    refreshJobs(list);
+  }, Number(list.dataset.refreshMs) || 5000);
+}
+
+function tokenField() {
   // The token lives in this tab's session only: localStorage kept it for any script of the site to
   // read, forever. A token an older page saved there is dropped.
+  const token = document.getElementById("token");
   localStorage.removeItem("wtacrs-token");
   token.value = sessionStorage.getItem("wtacrs-token") || "";
+  return token;
+}
+
+async function postSpec(spec, token) {
+  // POST /api/jobs: {id} when queued, else {message}, the API's own words
+  sessionStorage.setItem("wtacrs-token", token);
+  const r = await fetch("/api/jobs", {method: "POST", headers: {"Content-Type": "application/json",
+    "Authorization": "Bearer " + token}, body: JSON.stringify(spec)});
+  const body = await r.json();
+  if (r.status === 201) return {id: body.id};
+  const detail = Array.isArray(body.detail)
+    ? body.detail.map(d => (d.loc || []).filter(x => x !== "body").join(".") + ": " + d.msg).join("\n")
+    : body.detail;
+  return {message: "Not submitted (" + r.status + "):\n" + detail};
+}
+
+function showError(error, text) {
+  error.textContent = text;  // text, never markup: the message may quote what was sent
+  error.hidden = false;
+}
+
+function setupSubmit() {
+  const form = document.getElementById("submit-form");
+  const token = tokenField();
+  const error = document.getElementById("submit-error");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.hidden = true;
@@ -76,20 +125,60 @@ function setupSubmit() {
     try {
       spec = JSON.parse(document.getElementById("spec").value);
     } catch (e) {
-      error.textContent = "The spec is not valid JSON: " + e.message;
-      error.hidden = false;
+      showError(error, "The spec is not valid JSON: " + e.message);
       return;
     }
-    sessionStorage.setItem("wtacrs-token", token.value);
-    const r = await fetch("/api/jobs", {method: "POST", headers: {"Content-Type": "application/json",
-      "Authorization": "Bearer " + token.value}, body: JSON.stringify(spec)});
-    const body = await r.json();
-    if (r.status === 201) { location.href = "/jobs/" + body.id; return; }
-    const detail = Array.isArray(body.detail)
-      ? body.detail.map(d => (d.loc || []).filter(x => x !== "body").join(".") + ": " + d.msg).join("\n")
-      : body.detail;
-    error.textContent = "Not submitted (" + r.status + "):\n" + detail;
-    error.hidden = false;
+    const sent = await postSpec(spec, token.value);
+    if (sent.id) location.href = "/jobs/" + sent.id;
+    else showError(error, sent.message);
+  });
+}
+
+function fitSpec(form) {
+  // The estimate job the "what fits" form asks for: the visitor's choices, and what the server put
+  // in the form's data- attributes (app/web/fits.py). Throws where the overrides are not JSON.
+  const value = (id) => document.getElementById(id).value;
+  let model = value("fit-model");
+  if (!model) model = {family: value("fit-family"), overrides: JSON.parse(value("fit-overrides") || "{}")};
+  return {
+    model,
+    methods: [...form.querySelectorAll("input[name=fit-method]:checked")].map((box) => box.value),
+    seq_len: Number(value("fit-seq-len")),
+    batch_sizes: form.dataset.batchSizes.split(",").map(Number),
+    dtype: value("fit-dtype"),
+    measurements: form.dataset.measurements.split(","),
+    device: form.dataset.device,
+    target_memory_gb: Number(value("fit-memory")),
+  };
+}
+
+function setupFits() {
+  const form = document.getElementById("fits-form");
+  const token = tokenField();
+  const error = document.getElementById("fit-error");
+  const memory = document.getElementById("fit-memory");
+  const sizes = form.querySelectorAll("button.gpu-size");
+  const press = () => sizes.forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.gb) === Number(memory.value))));
+  sizes.forEach((b) => b.addEventListener("click", () => { memory.value = b.dataset.gb; press(); }));
+  memory.addEventListener("input", press);
+  const model = document.getElementById("fit-model");
+  const custom = document.getElementById("fit-custom");
+  const toggle = () => { custom.hidden = model.value !== ""; };
+  model.addEventListener("change", toggle);
+  toggle();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    let spec;
+    try {
+      spec = fitSpec(form);
+    } catch (e) {
+      showError(error, "The overrides are not valid JSON: " + e.message);
+      return;
+    }
+    const sent = await postSpec(spec, token.value);
+    if (sent.id) location.href = "/fits/" + encodeURIComponent(sent.id);
+    else showError(error, sent.message);
   });
 }
 
@@ -99,7 +188,10 @@ function start() {
   if (figures) drawAll(JSON.parse(figures.textContent));
   const job = document.getElementById("job-status");
   if (job) pollJob(job.dataset.jobId, job.dataset.status);
+  const list = document.getElementById("jobs-list");
+  if (list) refreshJobs(list);
   if (document.getElementById("submit-form")) setupSubmit();
+  if (document.getElementById("fits-form")) setupFits();
 }
 
 addEventListener("DOMContentLoaded", start);
