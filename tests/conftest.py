@@ -11,6 +11,13 @@ import pytest
 # point WTACRS_TRACE_CACHE at a folder of their own. Set here, so child processes inherit it.
 os.environ["WTACRS_TRACE_CACHE"] = "off"
 
+# Under pytest-xdist (the README's command runs two workers) each worker gets its share of the cores,
+# set before any test module imports torch: two workers of two threads each on a 2-core machine
+# would oversubscribe it, and the latency tests of the server would pay for it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
 def pytest_collection_modifyitems(config, items):

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def is_oom(err: BaseException) -> bool:
+    import torch  # here, not at the top: the runner's parent process never needs torch (issue 26)
+
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)

@@ -225,6 +225,25 @@ def test_healthz_keeps_answering_while_abusive_bodies_are_refused(live_server):
         },
     }
     payloads = {name: json.dumps(spec).encode() for name, spec in bodies.items()}  # before timing: this is slow
+    # A server that parses in its event loop stalls /healthz for a body's whole parse, every round;
+    # a busy machine (the suite runs two workers on two cores) can stall one round's poll for a
+    # scheduler slice. So the latency bar is met by one of two rounds; every round's answers are checked.
+    worsts = []
+    for _ in range(2):
+        outcomes, latencies = _abusive_round(live_server, payloads)
+        report = "\n".join(f"{n}: {s} in {t * 1000:.0f} ms, {size} bytes" for n, (s, t, size) in outcomes.items())
+        print(f"\n{report}\n/healthz: {len(latencies)} polls, worst {max(latencies) * 1000:.1f} ms")
+        for status, took, size in outcomes.values():
+            assert status in (413, 422) and took < 1.0 and size < 4000, report
+        assert len(latencies) > 10, report
+        worsts.append(max(latencies))
+        if worsts[-1] < 0.1:
+            break
+    assert min(worsts) < 0.1, f"/healthz took {[round(w * 1000) for w in worsts]} ms at worst per round\n{report}"
+
+
+def _abusive_round(live_server: str, payloads: dict[str, bytes]):
+    """Post each payload while another thread polls /healthz: (name: (status, seconds, size)), latencies."""
     latencies, stop = [], threading.Event()
 
     def poll():
@@ -248,12 +267,7 @@ def test_healthz_keeps_answering_while_abusive_bodies_are_refused(live_server):
         assert c.post("/api/jobs", content=json.dumps(MINIMAL)).status_code == 201  # the contract still holds
     stop.set()
     poller.join(timeout=10)
-    report = "\n".join(f"{n}: {s} in {t * 1000:.0f} ms, {size} bytes" for n, (s, t, size) in outcomes.items())
-    worst = max(latencies)
-    print(f"\n{report}\n/healthz: {len(latencies)} polls, worst {worst * 1000:.1f} ms")
-    for status, took, size in outcomes.values():
-        assert status in (413, 422) and took < 1.0 and size < 4000, report
-    assert len(latencies) > 10 and worst < 0.1, f"/healthz took {worst * 1000:.0f} ms at worst\n{report}"
+    return outcomes, latencies
 
 
 # --- per-token queue limit and pagination bounds ---

@@ -190,6 +190,20 @@ def test_methods_share_one_child_and_a_failure_gets_a_fresh_one(monkeypatch):
     assert [e.split(":")[0] for e in result.errors] == ["full", "lora"]
 
 
+def test_the_parent_of_a_job_imports_no_torch():
+    """The child imports torch and transformers; the parent (CLI, worker) waiting on it need not:
+    a second torch import before the child starts cost the minimal job ~2 s (issue 26)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, profiler.cli, profiler.runner, profiler.worker; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_progress_names_the_step_in_progress(monkeypatch, tmp_path):
     monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
     messages = []
