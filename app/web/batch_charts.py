@@ -40,13 +40,31 @@ def max_batch_title(
     return " · ".join(p for p in parts if p)
 
 
-def batch_words(row: MaxBatchRow, base: int | None, what: str = "batch") -> str:
-    """The ratio of `row`'s largest batch to full's (`base`) in words; '' for full or without a base."""
-    return share_words(row.max_batch_size / base, "full", what) if base and row.method != "full" else ""
+def batch_label(row: MaxBatchRow) -> str:
+    """A largest batch as a number a reader can trust: '≥ 4096' where the search stopped at its upper
+    bound (the batch that fits is at least that, not that)."""
+    return f"≥ {row.max_batch_size}" if row.capped_at_upper else str(row.max_batch_size)
 
 
-def full_batch(rows: list[MaxBatchRow]) -> int | None:
-    return next((m.max_batch_size for m in rows if m.method == "full"), None)
+def batch_words(row: MaxBatchRow, full: MaxBatchRow | None, what: str = "batch") -> str:
+    """The ratio of `row`'s largest batch to `full`'s in words; '' for full, without full, or where
+    both stopped at the search's upper bound (two lower bounds have no ratio). A capped row's ratio
+    is a lower bound ('at least'), a capped full's an upper one ('at most')."""
+    if full is None or not full.max_batch_size or row.method == "full":
+        return ""
+    if row.capped_at_upper and full.capped_at_upper:
+        return ""
+    words = share_words(row.max_batch_size / full.max_batch_size, "full", what)
+    if words.startswith("same "):
+        words = "the " + words
+    if row.capped_at_upper:
+        return f"at least {words}"
+    return f"at most {words}" if full.capped_at_upper else words
+
+
+def full_batch(rows: list[MaxBatchRow]) -> MaxBatchRow | None:
+    """The `full` method's row among `rows`, the baseline of the ratios."""
+    return next((m for m in rows if m.method == "full"), None)
 
 
 @plotly_safe
@@ -73,8 +91,9 @@ def max_batch_bars(
         "x": [m.method for m in max_batch],
         "y": [m.max_batch_size for m in max_batch],
         "text": text,
-        "texttemplate": "%{y}<br>%{text}",
-        "hovertemplate": "%{x}: %{y}<br>%{text}",
+        "customdata": [batch_label(m) for m in max_batch],  # '≥ 4096' where the search stopped
+        "texttemplate": "%{customdata}<br>%{text}",
+        "hovertemplate": "%{x}: %{customdata}<br>%{text}",
         "textposition": "outside",
         "cliponaxis": False,
         "marker": {"color": [styles[m.method]["marker"]["color"] for m in max_batch]},
@@ -138,7 +157,7 @@ class BatchGroup:
     def table(self) -> list[dict]:
         base = full_batch(list(self.rows.values()))
         return [
-            {"method": m, "batch": r.max_batch_size, "words": batch_words(r, base), "job": self.jobs[m]}
+            {"method": m, "batch": batch_label(r), "words": batch_words(r, base), "job": self.jobs[m]}
             for m, r in self.rows.items()
         ]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.web import charts, job_charts, parallel_charts
+from app.web import batch_charts, charts, job_charts, parallel_charts
 from contract.rows import AttributionRow, ConvergenceRow, FidelityRow, MaxBatchRow, TrialRow
 
 MIB, GIB = 2**20, 2**30
@@ -412,13 +412,43 @@ def test_largest_batch_bars_show_the_batch_then_the_ratio_and_the_conditions():
     bars = job_charts.max_batch_bars(as_max_batch(sizes), None, 80 * GIB, 128, "fp32")
     bar = bars["data"][0]
     assert bar["text"] == ["", "2.92x full's batch"]
-    assert bar["texttemplate"] == "%{y}<br>%{text}"  # the batch size first, the ratio under it
+    assert bar["customdata"] == ["48", "140"]
+    assert bar["texttemplate"] == "%{customdata}<br>%{text}"  # the batch size first, the ratio under it
     assert bars["layout"]["title"]["text"] == "Largest batch that fits in 80 GiB · length 128 · fp32"
     # the rows' own limit and length (what the search used) before the job's
     own = as_max_batch([{**s, "limit_bytes": 72 * GIB, "seq_len": 256} for s in sizes])
     title = job_charts.max_batch_bars(own, "fsdp×8", 80 * GIB, 128, "bf16")["layout"]["title"]["text"]
     assert title == "Largest micro-batch per rank that fits in 72 GiB · fsdp×8 · length 256 · bf16"
     assert job_charts.max_batch_title(limit_bytes=79.6 * GIB) == "Largest batch that fits in 79.6 GiB"
+
+
+def test_a_batch_the_search_stopped_at_reads_as_a_lower_bound():
+    """A search that reached its upper bound found that the batch fits, not that the next does not:
+    the bar says '≥ 4096' and its ratio 'at least'; against a capped full, 'at most'; two capped
+    rows have no ratio (seen on the what-fits answer for t5-small at 80 GiB: three bars read 4096)."""
+    rows = as_max_batch(
+        [
+            {"method": "full", "max_batch_size": 1794},
+            {"method": "lora", "max_batch_size": 2584},
+            {"method": "wtacrs@0.3", "max_batch_size": 4096, "capped_at_upper": True},
+        ]
+    )
+    bar = job_charts.max_batch_bars(rows, None, 80 * GIB, 128, "fp32")["data"][0]
+    assert bar["customdata"] == ["1794", "2584", "≥ 4096"]
+    assert bar["text"] == ["", "1.44x full's batch", "at least 2.28x full's batch"]
+    capped_full = as_max_batch(
+        [
+            {"method": "full", "max_batch_size": 4096, "capped_at_upper": True},
+            {"method": "lora", "max_batch_size": 2048},
+            {"method": "wtacrs@0.3", "max_batch_size": 4096, "capped_at_upper": True},
+        ]
+    )
+    bar = job_charts.max_batch_bars(capped_full, None, 80 * GIB, 128, "fp32")["data"][0]
+    assert bar["text"] == ["", "at most 0.5x full's batch", ""]
+    group = batch_charts.BatchGroup("estimate", "fp32", 128, 80 * GIB, "none", 1, False)
+    group.rows = {r.method: r for r in rows}
+    group.jobs = dict.fromkeys(group.rows, "j1")
+    assert [(r["batch"], r["words"]) for r in group.table()][2] == ("≥ 4096", "at least 2.28x full's batch")
 
 
 def test_other_modules_import_only_public_chart_helpers():

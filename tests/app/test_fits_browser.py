@@ -107,6 +107,7 @@ def test_the_form_submits_an_estimate_and_lands_on_its_answer(site):
     spec = httpx.get(f"{site['url']}/api/jobs/{job_id}").json()["spec"]
     assert spec["device"] == "estimate" and spec["target_memory_gb"] == 40 and spec["dtype"] == "bf16-weights"
     assert spec["methods"] == list(fits.METHODS) and spec["measurements"] == list(fits.MEASUREMENTS)
+    assert spec["max_batch"]["upper"] == fits.MAX_BATCH_UPPER  # what dash.js read from the form
     page.wait_for_timeout(2500)  # one poll of the queued job
     assert page.inner_text("#queue-position") == "#1 in queue"
     assert page.evaluate("sessionStorage.getItem('wtacrs-token')") == TOKEN

@@ -65,6 +65,7 @@ class Form(HTMLParser):
             "measurements": self.data["measurements"].split(","),
             "device": self.data["device"],
             "target_memory_gb": float(choices.get("memory", self.values["fit-memory"])),
+            "max_batch": {"upper": int(self.data["max-batch-upper"])},
         }
 
 
@@ -176,7 +177,12 @@ def cells(html: str, table: str) -> list[list[str]]:
 
 def test_the_front_page_is_the_what_fits_form(client):
     page = form(client)
-    assert page.data == {"device": "estimate", "batch-sizes": "1,8", "measurements": "peak_memory,max_batch_size"}
+    assert page.data == {
+        "device": "estimate",
+        "batch-sizes": "1,8",
+        "measurements": "peak_memory,max_batch_size",
+        "max-batch-upper": "65536",
+    }
     assert page.checked == list(fits.METHODS) and page.unchecked == list(fits.MORE_METHODS)
     assert page.sizes == [24, 40, 48, 80, 141] and page.values["fit-memory"] == "80"
     assert page.options["fit-dtype"] == ["fp32", "bf16", "fp16", "bf16-weights"]
@@ -200,6 +206,7 @@ def test_every_choice_the_form_offers_is_a_spec_the_contract_accepts():
                 "measurements": list(fits.MEASUREMENTS),
                 "device": fits.DEVICE,
                 "target_memory_gb": float(fits.GPU_SIZES[0]),
+                "max_batch": {"upper": fits.MAX_BATCH_UPPER},
             }
             assert JobSpec.model_validate(spec).target_memory_gb == 24
 
@@ -212,6 +219,7 @@ def test_the_spec_the_form_builds_is_queued_and_its_answer_page_follows_it(clien
     job = r.json()
     assert job["device"] == "estimate" and job["spec"]["target_memory_gb"] == 40 and job["queue_position"] == 1
     assert job["spec"]["methods"] == list(fits.METHODS) and job["spec"]["batch_sizes"] == [1, 8]
+    assert job["spec"]["max_batch"]["upper"] == fits.MAX_BATCH_UPPER  # small models answer, not "4096 or more"
     custom = page.spec(model={"family": "bert", "overrides": {"hidden_size": 256, "num_hidden_layers": 2}})
     second = client.post("/api/jobs", json=custom, headers=auth())
     assert second.status_code == 201 and second.json()["queue_position"] == 2

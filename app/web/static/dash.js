@@ -41,6 +41,8 @@ function drawTable(spec, id) {
       const cell = document.createElement(tag);
       cell.textContent = text;
       if (text.startsWith("N/A")) cell.className = "na";
+      // a sentence (a steadiness note) wraps; numbers and names stay on one line
+      else if (tag === "td" && text.length > 24 && text.includes(" ")) cell.className = "words";
       tr.append(cell);
     }
   }
@@ -149,6 +151,7 @@ function fitSpec(form) {
     measurements: form.dataset.measurements.split(","),
     device: form.dataset.device,
     target_memory_gb: Number(value("fit-memory")),
+    max_batch: {upper: Number(form.dataset.maxBatchUpper)},
   };
 }
 
