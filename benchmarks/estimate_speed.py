@@ -3,7 +3,7 @@
 One run, side by side on this machine: (1) the unit, one trace of `full` at the largest batch;
 (2) the study on today's path (WTACRS_TRACE_CACHE=off: every trace afresh, the largest-batch
 search from nothing); (3) the same study with a cold trace cache (the search starts from the
-sweep's traces); (4) the same study again, warm (what a second user asking gets). Each study
+sweep's traces, guided by the replay of their event logs, profiler/instruments/replay.py); (4) the same study again, warm (what a second user asking gets). Each study
 runs as `wtacrs-prof run` does (methods in a child process). Prints each wall time in units of
 (1), and whether (3) and (4) give the same largest batch per method and the same sweep rows,
 byte for byte, as (2).

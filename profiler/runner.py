@@ -58,11 +58,11 @@ def run_method(spec_json: str, method_name: str, emit: Callable[[dict], None]) -
 
 
 def _report_kernel_failures(spec: JobSpec, emit: Callable[[dict], None]) -> None:
-    # a kernel that raised turned the Triton kernels off mid-run: the rows after it timed the PyTorch
-    # reference while the environment says triton, so the job must say so
+    # a kernel that raised turned the Triton kernels off mid-run: the rows after it timed (an estimate:
+    # traced) the PyTorch reference while the environment says triton, so the job must say so
     from wtacrs import kernels
 
-    if spec.device == "cuda" and kernels.failures:
+    if spec.device in ("cuda", "estimate") and kernels.failures:
         emit(
             {
                 "kind": "error",

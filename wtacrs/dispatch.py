@@ -14,8 +14,10 @@ directly in plain eager code, and their reference code op by op on fake tensors.
 - Fake tensors: the profiler's estimate counts storages at the dispatcher while tracing. Inside
   one custom op it would see the outputs only, not the intermediates the same code allocates on
   a real device (an fp32 copy of a 16-bit input, the L x L attention probabilities), and its peaks
-  would come out low or at the wrong moment. So there each op runs its reference code as
-  separate ops, under the same kind of autograd.Function.
+  would come out low or at the wrong moment. So there each op runs its implementation as separate
+  ops, under the same kind of autograd.Function: the CUDA one where the fake tensors stand for a
+  CUDA device's (`kernels.modelled_cuda`: the kernels' wrappers, launching nothing), the
+  reference code otherwise.
 
 An op with many arguments has an argument spec: a NamedTuple whose fields are the op's parameters
 in schema order (`arguments` checks that when the class is defined). A caller packs a call by
@@ -100,12 +102,14 @@ def call(op, *args):
     (`_route`)."""
     route = _route(args)
     if route == "fake" and (op not in _FORMULAS or not torch.is_grad_enabled()):
-        return op._init_fn(*args)
+        return _impl(op, "cuda" if op in _CUDA else "reference")(*args)
     if route == "op" or (op not in _FORMULAS and torch.is_grad_enabled()):
         # an op without a formula (a backward's) with grad on, as in a double backward: the
         # dispatcher says it cannot be differentiated, where its code run directly would not
         return op(*args)
-    kind = "cuda" if route == "cuda" and op in _CUDA else "reference"
+    # fake tensors take the CUDA implementation too: it runs the reference unless they stand for a
+    # CUDA device's (kernels.modelled_cuda), whose kernels it then models
+    kind = "cuda" if route in ("cuda", "fake") and op in _CUDA else "reference"
     if "torch._dynamo" in sys.modules:
         # never compiled on its own: where eager code runs inside a compiled region (a frame Dynamo
         # fell back on), Dynamo would otherwise trace these frames one by one, recompiling per op

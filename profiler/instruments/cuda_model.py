@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from wtacrs.kernels import modelled_cuda
+
 from .cuda_autocast import cuda_autocast
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -149,7 +151,8 @@ def cuda_kernels(model: DeviceModel = SM90):
     F.dropout = cuda_dropout
     F.scaled_dot_product_attention = functools.partial(_sdpa, model=model)
     try:
-        with cuda_autocast():
+        # the wtacrs ops allocate what their CUDA implementations (the Triton kernels') would
+        with cuda_autocast(), modelled_cuda(model.sm):
             yield
     finally:
         F.dropout, F.scaled_dot_product_attention = dropout, sdpa

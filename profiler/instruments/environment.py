@@ -58,11 +58,23 @@ def describe(mode: str) -> dict:
         )
     else:
         env.update(
-            wtacrs_kernels="pytorch reference (the Triton kernels are CUDA-only)",
+            wtacrs_kernels=_traced_kernels()
+            if mode == "estimate"
+            else "pytorch reference (the Triton kernels are CUDA-only)",
             device_name=f"cpu ({platform.processor() or platform.machine()})",
             device_total_bytes=_host_memory(),
         )
     return env
+
+
+def _traced_kernels() -> str:
+    """What an estimate traces the wtacrs ops as (a CUDA device's estimate; a CPU's traces the reference)."""
+    from wtacrs import kernels
+
+    running = kernels.describe()  # "triton X.Y", or "pytorch reference (why)"
+    if not running.startswith("triton"):
+        return running
+    return f"{running} kernels' allocations, launches skipped (a CUDA device's estimate; a CPU's: the reference)"
 
 
 def process_device_bytes() -> int | None:

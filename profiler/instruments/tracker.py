@@ -5,6 +5,9 @@ The live storages at the peak itself are kept (see `_leave_peak`) and classified
 gradients, optimizer state, saved activations or other, from what was seen: parameters at start,
 gradients from post-accumulate hooks, optimizer state after each step, activations from the
 saved-tensor pack hook. The breakdown therefore sums to `peak`, to the byte.
+
+With `record=True` it also keeps its accounting as an event log (`instruments/replay.py`): what
+it counted, in order, in bytes before rounding, from which the peak at another batch is predicted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import weakref
+from array import array
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -19,14 +23,18 @@ from torch.utils._pytree import tree_flatten
 
 from contract.rows import CATEGORIES
 
+from .replay import ALLOC, FREE, RESET, RESIZE, EventLog
+
 
 def _storage(t: torch.Tensor):
     return t.untyped_storage()
 
 
 class StorageTracker(TorchDispatchMode):
-    def __init__(self, block: int = 1, device_type: str | None = None):
+    def __init__(self, block: int = 1, device_type: str | None = None, record: bool = False):
         super().__init__()
+        # the event log's columns (kind, generation, bytes before rounding), or None: not recording
+        self._events = (array("b"), array("q"), array("q")) if record else None
         self.block = block  # storages are counted in multiples of this (a caching allocator's block)
         self.device_type = device_type  # count only storages on this kind of device (None: all)
         self.live: dict[int, tuple[int, int]] = {}  # storage key -> (nbytes, generation)
@@ -52,8 +60,10 @@ class StorageTracker(TorchDispatchMode):
         found = self.live.get(key)
         if found is not None:
             return key, found[1]
-        nbytes = -(-st.nbytes() // self.block) * self.block
+        raw = st.nbytes()
+        nbytes = -(-raw // self.block) * self.block
         self._gen += 1
+        self._log(ALLOC, self._gen, raw)
         self.live[key] = (nbytes, self._gen)
         weakref.finalize(st, self._free, key, self._gen)
         self._grow(nbytes)
@@ -85,6 +95,7 @@ class StorageTracker(TorchDispatchMode):
     def _free(self, key: int, gen: int) -> None:
         found = self.live.get(key)
         if found is not None and found[1] == gen:
+            self._log(FREE, gen, 0)
             self._leave_peak()
             del self.live[key]
             self.current -= found[0]
@@ -94,6 +105,7 @@ class StorageTracker(TorchDispatchMode):
         found = self.live.get(key)
         if found is None:
             return
+        self._log(RESIZE, found[1], nbytes)
         nbytes = -(-nbytes // self.block) * self.block
         if nbytes < found[0]:
             self._leave_peak()
@@ -109,8 +121,24 @@ class StorageTracker(TorchDispatchMode):
         return out
 
     def reset_peak(self) -> None:
+        self._log(RESET, 0, 0)
         self.peak = self.current
         self._at_peak = True
+
+    def _log(self, kind: int, gen: int, raw: int) -> None:
+        if self._events is not None:
+            kinds, gens, sizes = self._events
+            kinds.append(kind)
+            gens.append(gen)
+            sizes.append(raw)
+
+    def event_log(self, fixed: int = 0) -> EventLog | None:
+        """What this tracker counted, as an event log of batch size 0 for the caller to label (None
+        unless recording); `fixed`: bytes the reported peak holds beyond the tracker's (workspaces)."""
+        if self._events is None:
+            return None
+        events, self._events = self._events, None  # the log ends here (what is freed later is no step's)
+        return EventLog.of(0, *events, block=self.block, fixed=fixed)
 
     # -- classification ---------------------------------------------------------------------
     def mark(self, tensors, category: str) -> None:

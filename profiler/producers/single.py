@@ -3,12 +3,15 @@ offloading method kept in host memory, the step time, in the spec's mode."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from contract.methods import Method
 from contract.rows import TrialRow
 from contract.spec import JobSpec
 
 from ..instruments.cpu_allocator import FIRST_STEP, CPUAllocatorRecord
 from ..instruments.environment import process_device_bytes
+from ..instruments.replay import EventLog
 from ..trial.build import free_cached
 from ..trial.compiled import compile_step, compiled_graphs, measure_compiled_memory
 from ..trial.measure import measure_memory, measure_throughput, reconcile
@@ -28,12 +31,18 @@ def _host_bytes(spec: JobSpec, trial) -> int | None:
     return None if stats is None else int(stats["host_bytes"])
 
 
-def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
+def trial_row(
+    spec: JobSpec, method: Method, batch_size: int, throughput: bool = True, logs: dict[int, EventLog] | None = None
+) -> TrialRow:
+    """`logs`: where an estimate keeps its trace's event log, by batch size (instruments/replay.py)."""
     row = base_row(spec, method, batch_size)
     try:
         with trial_in_mode(spec, method, batch_size) as run:
             if not spec.compile:
-                row.update(measure_memory(run.trial, spec.device))
+                row.update(measure_memory(run.trial, spec.device, record=logs is not None))
+                log = row.pop("event_log", None)
+                if log is not None:
+                    logs[batch_size] = dataclasses.replace(log, batch_size=batch_size)
             built = record = run.leave_mode()
             if spec.compile:  # cpu or cuda (the spec refuses estimate)
                 # compiled in warm-up steps before anything is measured (compiled.compile_step), outside

@@ -3,7 +3,8 @@ same question asked twice (by one user or two, in one job or the next) answers a
 
 The key hashes the spec's fields that shape a trace (all but those listed in NOT_IN_A_TRACE: a new
 spec field is in the key until someone decides otherwise), the method, the batch size, the
-versions of Python, torch, transformers and peft, and the source of `contract`, `wtacrs` and
+versions of Python, torch, transformers and peft, what the wtacrs ops are traced as (the Triton
+kernels' allocations, or the reference: WTACRS_TRITON, triton's version), and the source of `contract`, `wtacrs` and
 `profiler` themselves: editing the library, or upgrading torch, makes every old entry unreachable,
 so a stale answer can never be served. Only estimates are kept (a measurement is an event on a
 machine; a trace is a function of its inputs), and only rows that finished without an error.
@@ -75,8 +76,12 @@ def _code_and_versions() -> str:
 
 
 def key(spec: JobSpec, method: Method, batch_size: int) -> str:
+    from wtacrs import kernels
+
     fields = {k: v for k, v in spec.model_dump(mode="json").items() if k not in NOT_IN_A_TRACE}
-    text = json.dumps([fields, method.name, batch_size, _code_and_versions()], sort_keys=True)
+    # what the wtacrs ops are traced as: the Triton kernels' allocations (which triton) or the reference
+    ops = kernels.describe()
+    text = json.dumps([fields, method.name, batch_size, _code_and_versions(), ops], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -7,10 +7,27 @@ from contract.methods import Method
 from contract.rows import MaxBatchRow, Probe, TrialRow
 from contract.spec import JobSpec
 
+from ..instruments.replay import EventLog, predictor
 from . import parallel, single, trace_cache
 from .base import memory_limit
 from .maxbatch import search
 from .progress import announce
+
+# the event logs of this process's estimate traces, of one (spec, method) at a time: a log is a few
+# MB, and the largest-batch search of a method only reads its own method's
+_LOGS: dict[str, dict[int, EventLog]] = {}
+
+
+def _logs(spec: JobSpec, method: Method) -> dict[int, EventLog] | None:
+    """Where this (spec, method)'s traces keep their event logs; None where none are kept: not an
+    estimate, or today's path (the trace cache off, the comparison path of estimate_speed.py)."""
+    if spec.device != "estimate" or trace_cache.folder() is None:
+        return None
+    name = trace_cache.key(spec, method, 0)
+    if name not in _LOGS:
+        _LOGS.clear()
+        _LOGS[name] = {}
+    return _LOGS[name]
 
 
 def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
@@ -19,7 +36,7 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
     def run() -> TrialRow:
         if spec.parallel.strategy != "none":
             return parallel.trial_row(spec, method, batch_size, throughput)
-        return single.trial_row(spec, method, batch_size, throughput)
+        return single.trial_row(spec, method, batch_size, throughput, _logs(spec, method))
 
     if spec.device == "estimate":
         return trace_cache.cached(spec, method, batch_size, memory_limit(spec), run)
@@ -55,7 +72,20 @@ def max_batch_row(spec: JobSpec, method: Method) -> MaxBatchRow:
         row = trace_cache.lookup(spec, method, b, limit)
         if row is not None:
             known[b] = _probe(spec, row, limit)
-    result = search(probe, limit, spec.max_batch.upper, known, on_probe)
+    logs = _logs(spec, method) or {}
+
+    def peak_model(lo: int, hi: int):
+        """batch -> predicted peak from the two traced batches nearest the bracket that count the
+        same storages (instruments/replay.py), or None."""
+        near = sorted(logs, key=lambda b: (min(abs(b - lo), abs(b - hi)), b))
+        for i, a in enumerate(near):
+            for b in near[i + 1 :]:
+                model = predictor(logs[a], logs[b])
+                if model is not None:
+                    return model
+        return None
+
+    result = search(probe, limit, spec.max_batch.upper, known, on_probe, peak_model)
     return MaxBatchRow(
         method=method.name,
         max_batch_size=result.max_batch_size,

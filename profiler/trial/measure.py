@@ -40,7 +40,11 @@ CUDA_BLOCK = 512  # the CUDA caching allocator hands out multiples of 512 bytes
 
 
 def measure_memory(
-    trial: Trial, mode: str, tracker: StorageTracker | None = None, saved: SavedTensorCounter | None = None
+    trial: Trial,
+    mode: str,
+    tracker: StorageTracker | None = None,
+    saved: SavedTensorCounter | None = None,
+    record: bool = False,
 ) -> dict:
     """Step 1 (before optimizer state exists), then one steady-state step.
 
@@ -49,17 +53,19 @@ def measure_memory(
     calls `reconcile` again. An estimate of a CUDA device counts storages in the allocator's block
     sizes, plus the cuBLAS workspaces a real device holds from its first matmul on. `tracker` and
     `saved` replace the default tracker and saved-tensor counter (producers/sharding.py passes
-    sharding-aware ones). Each breakdown is the tracker's composition at its own peak, the part of
+    sharding-aware ones). `record`: the default tracker keeps an event log of its counting, returned
+    as "event_log" (instruments/replay.py, its batch size 0), which the caller takes out of the row
+    and labels with its batch size. Each breakdown is the tracker's composition at its own peak, the part of
     the reported peak the tracker does not see (workspaces; on cuda and cpu what kernels allocate
     inside themselves) in `other` and in untracked_bytes, so that it sums to the peak (`reconcile`).
     """
     if tracker is None:
         if trial.kernels:
-            tracker = StorageTracker(block=trial.kernels.round_bytes)
+            tracker = StorageTracker(block=trial.kernels.round_bytes, record=record)
         elif mode == "cuda":  # what the CUDA allocator counts: its blocks, on the device only
-            tracker = StorageTracker(block=CUDA_BLOCK, device_type="cuda")
+            tracker = StorageTracker(block=CUDA_BLOCK, device_type="cuda", record=record)
         else:
-            tracker = StorageTracker()
+            tracker = StorageTracker(record=record)
     fixed = trial.kernels.workspace_bytes if trial.kernels else 0
     # the counter's saved-tensor hook shadows the tracker's while it is active: it forwards to it
     if saved is None:
@@ -88,6 +94,8 @@ def measure_memory(
     }
     if trial.kernels:
         out["workspace_bytes"] = fixed  # in the peaks, and in the breakdowns' `other`
+    if record:
+        out["event_log"] = tracker.event_log(fixed)
     if cuda:
         out.update(cuda_allocator_stats())
     reconcile(out)

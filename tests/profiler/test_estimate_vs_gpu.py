@@ -4,7 +4,9 @@ Every `cuda` row of every recorded reference (../shared/gpu-reference/, benchmar
 is estimated here, without a GPU, from the same spec; first-step peak within 3% and each
 breakdown category within 5% (or 64 MiB). Nothing in the estimate knows these files.
 
-Like with like: the estimate runs the optimizer implementation the reference ran (its rows'
+Like with like: the estimate traces the wtacrs ops as the reference ran them (the Triton kernels'
+allocations, or the PyTorch reference where the reference's environment names no triton), runs
+the optimizer implementation the reference ran (its rows'
 optimizer_impl; references recorded before rows named it ran AdamW with foreach=False, adamw-single),
 and a reference breakdown without untracked_bytes is the tracker's alone, so the estimate's
 untracked bytes (the cuBLAS workspaces) are taken out of its `other` before they are compared.
@@ -88,6 +90,10 @@ def test_estimate_matches_gpu(name, job, row, monkeypatch):
         )
     if row["env"].get("git_revision") in BEFORE_STACK_ATTENTION:
         monkeypatch.setattr(wtacrs.patch, "_attention_configs", lambda model: [])
+    if not str(row["env"].get("wtacrs_kernels", "")).startswith("triton"):
+        # the GPU ran the ops' reference code (recorded before the Triton kernels existed, or with
+        # them off): the estimate traces that code too, not the kernels it models by default
+        monkeypatch.setenv("WTACRS_TRITON", "0")
     spec = JobSpec.model_validate(
         job["spec"]
         | {

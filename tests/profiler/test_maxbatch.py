@@ -85,9 +85,9 @@ class _DeviceLimit:
                     raise torch.OutOfMemoryError(f"tried to hold {self.current} bytes of {device.limit}")
                 return ident
 
-        def measured(trial, mode):
+        def measured(trial, mode, **kw):
             with Limited():
-                return measure(trial, mode)
+                return measure(trial, mode, **kw)
 
         return measured
 
@@ -160,3 +160,36 @@ def track_built_models(monkeypatch) -> list[weakref.ref]:
 
     monkeypatch.setattr(mode, "build_trial", tracked_build)
     return models
+
+
+@pytest.mark.parametrize("answer", [1, 37, 4000])
+def test_a_right_peak_model_settles_the_search_in_two_probes(answer):
+    """Convex memory (the peak's moment moves with the batch), where interpolation needs several
+    probes: a model that predicts it is probed at its answer and the next batch, nothing else."""
+
+    def peak(b):
+        return max(2_000_000 + 1_000 * b, 500_000 + 3_000 * b)
+
+    answer_limit = peak(answer) + (peak(answer + 1) - peak(answer)) // 2
+    calls = []
+
+    def probe(b):
+        calls.append(b)
+        return Probe(batch_size=b, fits=peak(b) <= answer_limit, peak_bytes=peak(b))
+
+    known = {1: Probe(batch_size=1, fits=peak(1) <= answer_limit, peak_bytes=peak(1))}
+    result = search(probe, answer_limit, 100_000, known, peak_model=lambda lo, hi: peak)
+    assert result.max_batch_size == answer
+    assert calls == ([answer, answer + 1] if answer > 1 else [2])
+
+
+@pytest.mark.parametrize("error", [-0.2, -0.01, 0.01, 0.3])
+def test_a_wrong_peak_model_still_gives_the_exact_answer(error):
+    """A model off by a few percent (either way) costs probes, never the answer."""
+    per, base, answer = 10_000, 123_456, 777
+    limit = base + per * answer + per // 2
+    probe, calls = affine(base, per, limit)
+    wrong = lambda b: int((base + per * b) * (1 + error))  # noqa: E731
+    result = search(probe, limit, 100_000, {1: probe(1)}, peak_model=lambda lo, hi: wrong)
+    assert result.max_batch_size == answer
+    assert len(calls) <= 2 * math.log2(100_000) + 3, calls

@@ -308,3 +308,14 @@ def test_adafactor_and_sgd_run_on_the_cpu():
     sgd = job(model="bert-tiny", methods=["full"], batch_sizes=[2], device="estimate", optimizer="sgd")["results"][0]
     assert sgd["optimizer_impl"] == "foreach"
     assert sgd["breakdown"]["optimizer_state"] >= sgd["breakdown"]["parameters"]  # one momentum buffer
+
+
+def test_an_estimate_says_what_it_traced_the_wtacrs_ops_as(monkeypatch):
+    import importlib.util
+
+    from profiler.instruments.environment import describe
+
+    if importlib.util.find_spec("triton") is not None:
+        assert "kernels' allocations, launches skipped" in describe("estimate")["wtacrs_kernels"]
+    monkeypatch.setenv("WTACRS_TRITON", "0")
+    assert describe("estimate")["wtacrs_kernels"] == "pytorch reference (WTACRS_TRITON=0)"

@@ -36,9 +36,9 @@ def _count_traces(monkeypatch) -> list[int]:
     traced = []
     real = single.trial_row
 
-    def counted(spec, method, batch_size, throughput=True):
+    def counted(spec, method, batch_size, throughput=True, logs=None):
         traced.append(batch_size)
-        return real(spec, method, batch_size, throughput)
+        return real(spec, method, batch_size, throughput, logs)
 
     monkeypatch.setattr(single, "trial_row", counted)
     return traced
@@ -117,6 +117,11 @@ def test_a_key_is_everything_a_trace_depends_on(monkeypatch):
         assert trace_cache.key(JobSpec.model_validate({**base.model_dump(), **change}), method, 4) != key, change
     for same in ({"batch_sizes": [1]}, {"methods": ["lora"]}, {"target_memory_gb": 80}, {"steps": 9}, {"timeout_s": 5}):
         assert trace_cache.key(JobSpec.model_validate({**base.model_dump(), **same}), method, 4) == key, same
+    # what the wtacrs ops are traced as: the Triton kernels' allocations or the reference
+    monkeypatch.setenv("WTACRS_TRITON", "0")
+    assert trace_cache.key(base, method, 4) != key
+    monkeypatch.delenv("WTACRS_TRITON")
+    assert trace_cache.key(base, method, 4) == key
     # the library's own code and the versions are in it: an edit makes every old entry unreachable
     monkeypatch.setattr(trace_cache, "_code_and_versions", lambda: "edited")
     assert trace_cache.key(base, method, 4) != key

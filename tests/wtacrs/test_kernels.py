@@ -335,9 +335,14 @@ def check_cuda_implementations(dtype: str):
         kernels.use_triton = allowed
 
 
-def _run_cuda_implementations(dt):
+def _run_cuda_implementations(dt, calls: list | None = None, fake=None):
+    """Check the CUDA implementations against the reference; `calls`: instead, append each call of a
+    CUDA implementation (a closure) to it, unchecked, with the inputs made fake by `fake` if given."""
     cuda = {op: op._backend_fns["cuda"] for op in (linear_ops.sample_rows, linear_ops.linear_backward)}
     cuda.update({op: op._backend_fns["cuda"] for op in (savers.bit_relu, savers.bit_dropout, savers.masked_grad)})
+    if calls is not None:
+        _cuda_calls(dt, cuda, calls, fake)
+        return
     x = torch.randn(2, 9, 13, generator=_gen(1)).to(dt)
     y, packed = cuda[savers.bit_relu](x)
     _same_bits(y, torch.relu(x), "relu")
@@ -360,6 +365,83 @@ def _run_cuda_implementations(dt):
             torch.testing.assert_close(a, b, rtol=2 * UNIT[dt], atol=1e-5)
 
 
+def _cuda_calls(dt, cuda: dict, calls: list, fake) -> None:
+    """_run_cuda_implementations' calls, as closures, on fake inputs where `fake` is a FakeTensorMode."""
+
+    def inputs(*tensors):
+        return [t if fake is None or not isinstance(t, torch.Tensor) else fake.from_tensor(t) for t in tensors]
+
+    x, packed = inputs(torch.randn(2, 9, 13, generator=_gen(1)).to(dt), savers.pack_bits(torch.rand(2, 9, 13) > 0.5))
+    calls.append(lambda: cuda[savers.bit_relu](x))
+    calls.append(lambda: cuda[savers.masked_grad](x, packed, 2.0))
+    calls.append(lambda: cuda[savers.bit_dropout](x, 0.25))
+    table, u = inputs(torch.rand(9, generator=_gen(2)) + 0.1, torch.rand(5, generator=_gen(3)))
+    for method, keep_rows in (("wta", True), ("crs", True), ("topk", False)):
+        calls.append(lambda m=method, keep=keep_rows: cuda[linear_ops.sample_rows](x, [table], [], u, 5, m, keep, dt))
+    idx, scale, rows = inputs(torch.randint(0, 18, (5,), dtype=torch.int32), torch.rand(5), torch.randn(5, 13).to(dt))
+    grad, weight, ln_w, ln_b = inputs(
+        torch.randn(2, 9, 7, generator=_gen(4)).to(dt), torch.randn(7, 13, generator=_gen(5)),
+        torch.ones(13, dtype=dt), torch.zeros(13, dtype=dt),
+    )  # fmt: skip
+    for saved, source in (([idx, rows], ("", None, None, 0.0, None)), ([idx, scale, x], ("layernorm", ln_w, ln_b, 1e-5, None))):  # fmt: skip
+        kept_as = "rows" if len(saved) == 2 else "source"
+        bwd = (grad, weight, saved, [2, 9, 13], True, True, True, kept_as, False, *source, -1, None)
+        calls.append(lambda bwd=bwd: cuda[linear_ops.linear_backward](*bwd))
+
+
+def check_modelled_allocations(dtype: str):
+    """What the profiler's estimate counts for the ops on a modelled CUDA device (fake tensors,
+    `kernels.modelled_cuda`, every launch skipped) is what their CUDA implementations allocate
+    when they run (here in the interpreter): the same storages, in the same order, of the same
+    sizes. The reference allocates others (dropout's float mask, the plan's vectors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import wtacrs.norm_layers  # noqa: F401 (registers the layernorm row source)
+    from profiler.instruments.replay import ALLOC
+    from profiler.instruments.tracker import StorageTracker
+    from wtacrs import kernels
+
+    def allocations(run) -> list[int]:
+        tracker = StorageTracker(record=True)
+        with tracker:
+            run()
+        log = tracker.event_log()
+        return log.sizes[log.kinds == ALLOC].tolist()
+
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from wtacrs.kernels import bits, sampling, weight_grad
+
+    def uncounted(kernel, *args, **meta):  # the interpreter's own copies are no GPU allocation
+        with _disable_current_modes():
+            return launch(kernel, *args, **meta)
+
+    dt = getattr(torch, dtype)
+    allowed, launch = kernels.use_triton, kernels.launch
+    kernels.use_triton = lambda *tensors: True
+    for module in (bits, sampling, weight_grad):
+        module.launch = uncounted
+    try:
+        ran = []
+        allocations(lambda: _run_cuda_implementations(dt, ran))
+        ran_sizes = [allocations(call) for call in ran]
+    finally:
+        kernels.use_triton = allowed
+        for module in (bits, sampling, weight_grad):
+            module.launch = launch
+    modelled = []
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, kernels.modelled_cuda((9, 0)):
+        _run_cuda_implementations(dt, modelled, fake=mode)
+        modelled_sizes = [allocations(call) for call in modelled]
+    assert len(modelled_sizes) == len(ran_sizes) > 0
+    for i, (a, b) in enumerate(zip(modelled_sizes, ran_sizes)):
+        assert a == b, (i, a, b)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:  # standing for no device: the reference
+        reference = []
+        _run_cuda_implementations(dt, reference, fake=mode)
+        assert [allocations(call) for call in reference] != ran_sizes
+
+
 # ---------------------------------------------------------------- the tests
 
 
@@ -367,6 +449,12 @@ def _run_cuda_implementations(dt):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_implementations_in_the_interpreter(interp, dtype):
     interp("cuda_implementations", dtype=dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_estimate_counts_what_the_cuda_implementations_allocate(interp, dtype):
+    interp("modelled_allocations", dtype=dtype)
 
 
 @needs_triton

@@ -16,6 +16,12 @@ are the ops' own, so shapes, what backward saves and the profiler's estimate do 
   that gathers dY rows by index and scales/casts the kept rows as it loads them.
 - `dtypes.py`: dtype codes and the fp32 -> bf16/fp16 rounding the kernels share.
 
+The profiler's estimate traces a CUDA device on fake CPU tensors (profiler/instruments/cuda_model.py)
+and, inside `modelled_cuda(sm)`, runs these implementations on them as that device would, every
+launch skipped (`launch`): what a step allocates on a GPU is what the kernels' Python wrappers
+allocate (a Triton kernel allocates nothing of its own), not the reference's intermediates
+(dropout's float mask, the plan's dozens of small vectors, the gathered rows of dY).
+
 `WTACRS_TRITON=0` turns them off (read at every call, so one process can compare both). If a
 kernel raises (a triton too old to compile it, say), the op warns once, runs its reference and
 the kernels stay off for the rest of the process (`failures` says why); `WTACRS_TRITON=strict`
@@ -24,15 +30,40 @@ raises instead. This module imports nothing from triton until a kernel is needed
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 ENV = "WTACRS_TRITON"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 failures: list[str] = []  # "op: error" for each kernel that raised; non-empty turns the kernels off
+# the compute capability of the CUDA device fake tensors stand for (modelled_cuda), or None: they
+# stand for nothing, and run the reference
+_modelled: tuple[int, int] | None = None
+
+
+@contextlib.contextmanager
+def modelled_cuda(sm: tuple[int, int]):
+    """Fake tensors stand for tensors of a CUDA device of compute capability `sm`: the ops'
+    CUDA implementations run on them, launching nothing (module docstring)."""
+    global _modelled
+    before, _modelled = _modelled, sm
+    try:
+        yield
+    finally:
+        _modelled = before
+
+
+def launch(kernel, *args, **meta):
+    """`kernel(*args, **meta)` (a `jit_function[grid]`), but nothing on fake tensors: a kernel only
+    writes into what its wrapper allocated."""
+    if any(isinstance(a, FakeTensor) for a in args):
+        return None
+    return kernel(*args, **meta)
 
 
 @functools.cache
@@ -60,7 +91,10 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     for t in tensors:
         if t is None:
             continue
-        if t.device.type != "cuda" or not _device_ok(t.device.index):
+        if isinstance(t, FakeTensor) and _modelled is not None:
+            if _modelled < (8, 0):
+                return False
+        elif t.device.type != "cuda" or not _device_ok(t.device.index):
             return False
         if t.dtype.is_floating_point and t.dtype not in DTYPES:
             return False

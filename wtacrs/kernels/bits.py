@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
 from .dtypes import kind, to_kind
 
 BYTES = 256  # bytes of mask per program: 2048 elements
@@ -86,7 +87,9 @@ def dropout(x: torch.Tensor, p: float, seed: torch.Tensor) -> tuple[torch.Tensor
     `seed` (a 1-element int64 tensor on x's device: read by the kernel, never by the host)."""
     y, bits, n = torch.empty_like(x), x.new_empty(_nbytes(x.numel()), dtype=torch.uint8), x.numel()
     if n:
-        _dropout_kernel[_grid(n)](x, y, bits, seed, n, float(p), 1.0 / (1.0 - p), KIND=kind(x.dtype), BYTES=BYTES)
+        launch(
+            _dropout_kernel[_grid(n)], x, y, bits, seed, n, float(p), 1.0 / (1.0 - p), KIND=kind(x.dtype), BYTES=BYTES
+        )
     return y, bits
 
 
@@ -94,7 +97,7 @@ def relu(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(relu(x), (relu(x) > 0) packed as bits)."""
     y, bits, n = torch.empty_like(x), x.new_empty(_nbytes(x.numel()), dtype=torch.uint8), x.numel()
     if n:
-        _relu_kernel[_grid(n)](x, y, bits, n, BYTES=BYTES)
+        launch(_relu_kernel[_grid(n)], x, y, bits, n, BYTES=BYTES)
     return y, bits
 
 
@@ -102,5 +105,5 @@ def masked_grad(grad: torch.Tensor, bits: torch.Tensor, scale: float) -> torch.T
     """grad * mask * scale, the mask unpacked from `bits`."""
     out, n = torch.empty_like(grad), grad.numel()
     if n:
-        _masked_grad_kernel[_grid(n)](grad, bits, out, n, float(scale), KIND=kind(grad.dtype), BYTES=BYTES)
+        launch(_masked_grad_kernel[_grid(n)], grad, bits, out, n, float(scale), KIND=kind(grad.dtype), BYTES=BYTES)
     return out

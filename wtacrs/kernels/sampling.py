@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ..config import METHODS
+from . import launch
 from .dtypes import kind, to_kind
 
 MAX_TABLES = 4
@@ -199,7 +200,8 @@ def row_weights(x2: torch.Tensor, tables: list[torch.Tensor], factors: list[torc
     ptrs = [t for t in fused] + [w] * (MAX_TABLES - len(fused))  # unused slots: any pointer
     block_d = _pow2(d, 16, 256)
     block_r = max(1, 4096 // block_d)
-    _row_weights_kernel[(triton.cdiv(n, block_r),)](
+    launch(
+        _row_weights_kernel[(triton.cdiv(n, block_r),)],
         x2, w, w if sq is None else sq, *ptrs, n, d, max(seq, 1), x2.stride(0), x2.stride(1),
         NUM_T=len(fused), HAS_SQ=sq is not None, BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_S=_pow2(seq, 16, 1024),
     )  # fmt: skip
@@ -227,8 +229,8 @@ def plan(weights: torch.Tensor, k: int, method: str, u: torch.Tensor | None) -> 
     scale = torch.empty(k, device=device, dtype=torch.float32)
     cdf = torch.empty(n, device=device, dtype=torch.float32)
     flags = torch.empty(n if wta else 1, device=device, dtype=torch.int8)
-    _plan_kernel[(1,)](
-        weights, top, order, u.float(), cdf, flags, idx, scale, n, k, 1.0 / n, n.bit_length(),
+    launch(
+        _plan_kernel[(1,)], weights, top, order, u.float(), cdf, flags, idx, scale, n, k, 1.0 / n, n.bit_length(),
         WTA=wta, BLOCK=_pow2(max(n, k), 16, 2048), num_warps=8,
     )  # fmt: skip
     return idx, scale
@@ -242,9 +244,10 @@ def gather_rows(x2: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor, dtype:
         block_d = _pow2(d, 16, 256)
         block_r = max(1, 2048 // block_d)
         grid = (triton.cdiv(k, block_r), triton.cdiv(d, block_d))
-        _gather_kernel[grid](
-            x2, idx, scale, out, k, d, x2.stride(0), x2.stride(1), KIND=kind(dtype), BLOCK_R=block_r, BLOCK_D=block_d
-        )
+        launch(
+            _gather_kernel[grid], x2, idx, scale, out, k, d, x2.stride(0), x2.stride(1),
+            KIND=kind(dtype), BLOCK_R=block_r, BLOCK_D=block_d,
+        )  # fmt: skip
     return out
 
 

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
 from .dtypes import kind, to_kind
 
 
@@ -95,8 +96,8 @@ def weight_grad(
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     cfg = _config(n_m, n_n, g2.dtype, g2.device)
     grid = (triton.cdiv(n_m, cfg["BM"]), triton.cdiv(n_n, cfg["BN"]))
-    _weight_grad_kernel[grid](
-        g2, idx, rows, rows if scale is None else scale, gw, k, n_m, n_n,
+    launch(
+        _weight_grad_kernel[grid], g2, idx, rows, rows if scale is None else scale, gw, k, n_m, n_n,
         g2.stride(0), g2.stride(1), rows.stride(0), rows.stride(1), stride_om, stride_on,
         G_KIND=kind(g2.dtype), X_KIND=kind(rows.dtype), OUT_KIND=kind(out_dtype), SCALED=scale is not None,
         UPCAST=interpret and g2.dtype == torch.bfloat16, PRECISION=_precision(g2.device), **cfg,
