@@ -101,15 +101,15 @@ def call(op, *args):
     """op(*args), where op is a `torch.library.custom_op`: whole, or its implementation directly
     (`_route`)."""
     route = _route(args)
+    # fake tensors take the CUDA implementation too: it runs the reference unless they stand for a
+    # CUDA device's (kernels.modelled_cuda), whose kernels it then models
+    kind = "cuda" if route in ("cuda", "fake") and op in _CUDA else "reference"
     if route == "fake" and (op not in _FORMULAS or not torch.is_grad_enabled()):
-        return _impl(op, "cuda" if op in _CUDA else "reference")(*args)
+        return _impl(op, kind)(*args)
     if route == "op" or (op not in _FORMULAS and torch.is_grad_enabled()):
         # an op without a formula (a backward's) with grad on, as in a double backward: the
         # dispatcher says it cannot be differentiated, where its code run directly would not
         return op(*args)
-    # fake tensors take the CUDA implementation too: it runs the reference unless they stand for a
-    # CUDA device's (kernels.modelled_cuda), whose kernels it then models
-    kind = "cuda" if route in ("cuda", "fake") and op in _CUDA else "reference"
     if "torch._dynamo" in sys.modules:
         # never compiled on its own: where eager code runs inside a compiled region (a frame Dynamo
         # fell back on), Dynamo would otherwise trace these frames one by one, recompiling per op

@@ -40,6 +40,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 ENV = "WTACRS_TRITON"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MIN_SM = (8, 0)  # NVIDIA Ampere or newer (bf16 tensor cores): a real device's, or the one modelled
 failures: list[str] = []  # "op: error" for each kernel that raised; non-empty turns the kernels off
 # the compute capability of the CUDA device fake tensors stand for (modelled_cuda), or None: they
 # stand for nothing, and run the reference
@@ -78,8 +79,8 @@ def triton_available() -> bool:
 
 @functools.cache
 def _device_ok(index: int) -> bool:
-    # NVIDIA, Ampere or newer (bf16 tensor cores); ROCm builds also dispatch to "cuda", untested here
-    return torch.version.hip is None and torch.cuda.get_device_capability(index) >= (8, 0)
+    # ROCm builds also dispatch to "cuda", untested here
+    return torch.version.hip is None and torch.cuda.get_device_capability(index) >= MIN_SM
 
 
 def use_triton(*tensors: torch.Tensor | None) -> bool:
@@ -92,7 +93,7 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
         if t is None:
             continue
         if isinstance(t, FakeTensor) and _modelled is not None:
-            if _modelled < (8, 0):
+            if _modelled < MIN_SM:
                 return False
         elif t.device.type != "cuda" or not _device_ok(t.device.index):
             return False
