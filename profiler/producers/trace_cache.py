@@ -9,6 +9,8 @@ kernels' allocations, or the reference: WTACRS_TRITON, triton's version), and th
 so a stale answer can never be served. Only estimates are kept (a measurement is an event on a
 machine; a trace is a function of its inputs), and only rows that finished without an error.
 `oom` is not stored: it depends on the memory target, so it is computed again on every read.
+A largest-batch search's answer is kept too, keyed by its traces' key, the limit and the search's
+bounds (`cached_search`).
 
 WTACRS_TRACE_CACHE: a folder (default ~/.cache/wtacrs-prof/traces), or "off" for today's path:
 every trace run afresh and the largest-batch search started from nothing (the comparison path of
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract.methods import Method
-from contract.rows import TrialRow
+from contract.rows import MaxBatchRow, TrialRow
 from contract.spec import JobSpec
 
 ENV = "WTACRS_TRACE_CACHE"
@@ -90,6 +92,43 @@ def _path(spec: JobSpec, method: Method, batch_size: int) -> Path | None:
     return None if where is None else where / f"{key(spec, method, batch_size)}.json"
 
 
+def _write(path: Path, data: dict) -> None:
+    """Written whole or not at all; a folder that cannot be written only means no cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            json.dump(data, tmp)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+
+
+def _search_path(spec: JobSpec, method: Method, limit: float | None) -> Path | None:
+    """Where the largest-batch answer of a (spec, method) for this limit and upper bound lives: it is
+    a function of the traces (key) and of what the search was asked (the limit, spec.max_batch)."""
+    where = folder()
+    if where is None or spec.device != "estimate":
+        return None
+    asked = json.dumps([key(spec, method, 0), limit, spec.max_batch.model_dump(mode="json")], sort_keys=True)
+    return where / f"largest-{hashlib.sha256(asked.encode()).hexdigest()}.json"
+
+
+def cached_search(spec: JobSpec, method: Method, limit: float | None, run: Callable[[], MaxBatchRow]) -> MaxBatchRow:
+    """The stored largest-batch row, or run() and keep it. Its probes are all in the cache too, but
+    a search that starts without the traces' event logs (not kept: megabytes each) would choose
+    other batches to trace; the answer itself is as much a function of the inputs as a trace."""
+    path = _search_path(spec, method, limit)
+    if path is not None:
+        try:
+            return MaxBatchRow.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            pass
+    row = run()
+    if path is not None:
+        _write(path, row.model_dump(mode="json"))
+    return row
+
+
 def lookup(spec: JobSpec, method: Method, batch_size: int, limit: float | None) -> TrialRow | None:
     """The stored row of this trace, its `oom` for `limit`; None when there is none (or the cache is off)."""
     path = _path(spec, method, batch_size)
@@ -104,20 +143,13 @@ def lookup(spec: JobSpec, method: Method, batch_size: int, limit: float | None) 
 
 
 def store(spec: JobSpec, method: Method, batch_size: int, row: TrialRow) -> None:
-    """Keep a finished estimate row (written whole or not at all; a folder that cannot be written
-    only means no cache)."""
+    """Keep a finished estimate row."""
     path = _path(spec, method, batch_size)
     if path is None or spec.device != "estimate" or row.error or row.oom_message or row.peak_bytes is None:
         return
     data = row.model_dump(mode="json")
     data.pop("oom")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            json.dump(data, tmp)
-        os.replace(tmp.name, path)
-    except OSError:
-        pass
+    _write(path, data)
 
 
 def cached(

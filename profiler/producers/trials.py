@@ -53,6 +53,10 @@ def _probe(spec: JobSpec, row: TrialRow, limit: float | None) -> Probe:
 
 def max_batch_row(spec: JobSpec, method: Method) -> MaxBatchRow:
     limit = memory_limit(spec)
+    return trace_cache.cached_search(spec, method, limit, lambda: _search(spec, method, limit))
+
+
+def _search(spec: JobSpec, method: Method, limit: float | None) -> MaxBatchRow:
 
     def probe(b: int) -> Probe:
         row = trial_row(spec, method, b, throughput=False)

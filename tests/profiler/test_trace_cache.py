@@ -99,6 +99,27 @@ def test_the_same_question_twice_answers_without_tracing(monkeypatch, tmp_path):
     assert traced == [] and all(r.oom for r in first.results) and not any(r.oom for r in third.results)
 
 
+def test_a_largest_batch_asked_again_is_not_searched_again(monkeypatch, tmp_path):
+    """Its traces are kept, but a search without their event logs would trace other batches (the
+    warm T5-Large study traced six): the answer is kept, keyed by the traces and the question."""
+    monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
+    spec = _spec(methods=["lora"], measurements=["max_batch_size"])
+    first = run_job(spec, isolate=False).max_batch
+    searched = []
+    real = trials.search
+    monkeypatch.setattr(trials, "search", lambda *a, **k: searched.append(1) or real(*a, **k))
+    traced = _count_traces(monkeypatch)
+    assert run_job(spec, isolate=False).max_batch == first and searched == traced == []
+    for other in ({"target_memory_gb": 0.2}, {"max_batch": {"upper": 64}}, {"max_batch": {"headroom": 0.1}}):
+        again = run_job(JobSpec.model_validate({**spec.model_dump(), **other}), isolate=False)
+        assert searched == [1] and again.max_batch != first, other  # another question: searched
+        searched.clear()
+    for path in tmp_path.glob("largest-*.json"):
+        path.write_text("{not json")  # a broken entry is a miss
+    again = run_job(spec, isolate=False).max_batch  # searched again (its probes may differ: no logs)
+    assert again[0].max_batch_size == first[0].max_batch_size and searched == [1]
+
+
 def test_a_key_is_everything_a_trace_depends_on(monkeypatch):
     method, base = parse_method("full"), _spec()
     key = trace_cache.key(base, method, 4)
