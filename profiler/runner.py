@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import threading
 import time
@@ -117,6 +118,21 @@ def shares_a_process(spec: JobSpec) -> bool:
     return spec.device != "cuda"
 
 
+MAX_LANES = 4  # children an estimate job runs at once, at most (each traces on one core)
+
+
+def lanes(spec: JobSpec, methods: list[str]) -> list[list[str]]:
+    """The methods split between children that run at the same time. An estimate's traces are pure
+    computation on one core, independent between methods (their trace cache entries too), and read
+    no clock or allocator, so its methods are dealt round-robin over the cores this process may use;
+    a measurement (cpu, cuda) runs its methods one at a time, alone on the machine, and an estimate
+    of ranks (spec.parallel) already runs a process per rank."""
+    if spec.device != "estimate" or spec.parallel.strategy != "none":
+        return [methods]
+    n = max(1, min(len(methods), len(os.sched_getaffinity(0)), MAX_LANES))
+    return [methods[i::n] for i in range(n)]
+
+
 def run_job(
     spec: JobSpec,
     job_id: str | None = None,
@@ -125,7 +141,8 @@ def run_job(
     should_cancel: Callable[[], bool] | None = None,
 ) -> JobResult:
     """Run every method of `spec`. `isolate`: in child processes with the spec's time limit per
-    method (one for the whole job where `shares_a_process`, a fresh one after any failure)."""
+    method (one for the whole job where `shares_a_process`, a fresh one after any failure; an
+    estimate's methods in several at once, `lanes`)."""
     result = JobResult(
         id=job_id or uuid.uuid4().hex[:12],
         status=JobStatus.running,
@@ -135,37 +152,70 @@ def run_job(
     total = sum(units_per_method(spec, m) for m in spec.methods)
     done = 0
     current_method = spec.methods[0]
+    lock = threading.Lock()  # lanes report from threads of their own
 
     def handle(event: dict) -> None:
+        with lock:
+            _handle(event)
+
+    def _handle(event: dict) -> None:
         nonlocal done, current_method
         kind, data = event["kind"], event.get("data")
         if kind == "start":
             current_method = data
-        elif kind == "environment":
+        method = event.get("method") or current_method  # a lane's events name their method
+        if kind == "environment":
             result.environment = result.environment or Environment.model_validate(data)
         elif kind == "rows":
             rows = [FIELDS[event["field"]].model_validate(r) for r in data]
             getattr(result, event["field"]).extend(rows)
             # a trial that failed for a reason other than memory is the job's error too
-            result.errors.extend(
-                f"{current_method} batch {r.batch_size}: {r.error}" for r in rows if getattr(r, "error", None)
-            )
+            result.errors.extend(f"{method} batch {r.batch_size}: {r.error}" for r in rows if getattr(r, "error", None))
         elif kind == "error":
-            result.errors.append(f"{current_method}: {data}")
+            result.errors.append(f"{method}: {data}")
         if kind in ("rows", "tick") and progress:
             done += 1
             what = data if kind == "tick" else f"{event['field']} done"
-            progress(done, total, f"{current_method}: {what}")
+            progress(done, total, f"{method}: {what}")
         elif kind == "status" and progress:
-            progress(done, total, f"{current_method}: {data}")
+            progress(done, total, f"{method}: {data}")
 
-    remaining = list(spec.methods)
-    while remaining:
-        if should_cancel and should_cancel():
+    def run_lane(remaining: list[str]) -> str:
+        while remaining:
+            if should_cancel and should_cancel():
+                return "cancelled"
+            batch = remaining if shares_a_process(spec) else remaining[:1]
+            handle({"kind": "start", "data": batch[0], "method": batch[0]})  # a child that dies at once dies in it
+            outcome, finished = _run_isolated(spec, batch, handle, should_cancel)
+            if outcome == "cancelled":
+                return "cancelled"
+            # what failed is recorded against its method; the methods after it get a fresh process
+            remaining = remaining[len(finished) + (outcome != "done") :]
+        return "done"
+
+    if isolate:
+        split = lanes(spec, list(spec.methods))
+        outcomes = [""] * len(split)
+
+        def lane(i: int) -> None:
+            outcomes[i] = run_lane(split[i])
+
+        threads = [threading.Thread(target=lane, args=(i,), daemon=True) for i in range(1, len(split))]
+        for thread in threads:
+            thread.start()
+        lane(0)
+        for thread in threads:
+            thread.join()
+        if "cancelled" in outcomes:
             result.status = JobStatus.cancelled
-            break
-        if not isolate:
-            name = remaining.pop(0)
+        order = {name: i for i, name in enumerate(spec.methods)}
+        for field in FIELDS:  # lanes finish in any order; rows keep the spec's order of methods
+            getattr(result, field).sort(key=lambda row: order.get(row.method, len(order)))
+    else:
+        for name in spec.methods:
+            if should_cancel and should_cancel():
+                result.status = JobStatus.cancelled
+                break
             handle({"kind": "start", "data": name})
             listen(lambda message: handle({"kind": "status", "data": message}))
             try:
@@ -174,15 +224,6 @@ def run_job(
                 handle({"kind": "error", "data": f"{type(err).__name__}: {err}"})
             finally:
                 listen(None)
-            continue
-        batch = remaining if shares_a_process(spec) else remaining[:1]
-        handle({"kind": "start", "data": batch[0]})  # a child that dies at once dies in this method
-        outcome, finished = _run_isolated(spec, batch, handle, should_cancel)
-        if outcome == "cancelled":
-            result.status = JobStatus.cancelled
-            break
-        # what failed is recorded against its method; the methods after it get a fresh process
-        remaining = remaining[len(finished) + (outcome != "done") :]
     if result.status == JobStatus.running:
         result.status = JobStatus.failed if result.errors else JobStatus.succeeded
     result.finished_at = _now()
@@ -202,6 +243,11 @@ def _run_isolated(
     deadline = time.monotonic() + spec.timeout_s
     finished: list[str] = []
     outcome = "running"
+    current = methods[0]
+
+    def tell(event: dict) -> None:
+        handle({**event, "method": current})
+
     while outcome == "running":
         try:
             event = q.get(timeout=0.5)
@@ -215,12 +261,12 @@ def _run_isolated(
                 why = f"killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
                 if code == -9:
                     why += " (often the kernel's out-of-memory killer)"
-                handle({"kind": "error", "data": f"measurement process {why} before finishing"})
+                tell({"kind": "error", "data": f"measurement process {why} before finishing"})
                 outcome = "failed"
                 break
             if time.monotonic() > deadline:
                 proc.kill()
-                handle({"kind": "error", "data": f"timed out after {spec.timeout_s:g} s (timeout_s) and was killed"})
+                tell({"kind": "error", "data": f"timed out after {spec.timeout_s:g} s (timeout_s) and was killed"})
                 outcome = "failed"
                 break
             continue
@@ -230,10 +276,11 @@ def _run_isolated(
             continue
         if kind == "start":
             deadline = time.monotonic() + spec.timeout_s  # the limit is per method
+            current = event["data"]
         elif kind == "method-done":
             finished.append(event["data"])
             continue
-        handle(event)
+        tell(event)
     proc.join(timeout=10)
     if proc.is_alive():
         proc.kill()
