@@ -5,6 +5,7 @@ after a failure run in a fresh child."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -73,17 +74,28 @@ def _report_kernel_failures(spec: JobSpec, emit: Callable[[dict], None]) -> None
         )
 
 
-def _run_methods(spec_json: str, method_names: list[str], emit: Callable[[dict], None]) -> None:
-    """The methods in turn, each announced ("start") and finished ("method-done"); announcements of
-    the step in progress go out as "status" events."""
+def _run_methods(spec_json: str, take: Callable[[], str | None], emit: Callable[[dict], None]) -> None:
+    """The methods take() hands out, in turn, each announced ("start") and finished ("method-done");
+    announcements of the step in progress go out as "status" events."""
     listen(lambda message: emit({"kind": "status", "data": message}))
     try:
-        for name in method_names:
+        while (name := take()) is not None:
             emit({"kind": "start", "data": name})
             run_method(spec_json, name, emit)
             emit({"kind": "method-done", "data": name})
     finally:
         listen(None)
+
+
+def claim(methods: list[str], claims, who: int) -> str | None:
+    """The next method no process has claimed, claimed for `who`; None when none is left. `claims`:
+    a shared array (multiprocessing.Array), one owner per method, -1 where none yet."""
+    with claims.get_lock():
+        for i, owner in enumerate(claims):
+            if owner == -1:
+                claims[i] = who
+                return methods[i]
+    return None
 
 
 def _heartbeat(q, stop: threading.Event) -> None:
@@ -94,12 +106,19 @@ def _heartbeat(q, stop: threading.Event) -> None:
             q.put({"kind": "status", "data": message})
 
 
-def _child(spec_json: str, method_names: list[str], q) -> None:
+def _child(spec_json: str, methods: list[str], claims, who: int, first: str, one: bool, q) -> None:
     die_with_parent()
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(q, stop), daemon=True).start()
     try:
-        _run_methods(spec_json, method_names, q.put)
+        taken = []
+
+        def take() -> str | None:  # `first`, claimed by the parent for it, then what it claims itself
+            name = first if not taken else None if one else claim(methods, claims, who)
+            taken.append(name)
+            return name
+
+        _run_methods(spec_json, take, q.put)
     except BaseException as err:  # report, then die: the parent records it against the method
         # the user reads one line (what failed, and where); the traceback goes to the worker's log
         traceback.print_exc(limit=8)
@@ -121,16 +140,15 @@ def shares_a_process(spec: JobSpec) -> bool:
 MAX_LANES = 4  # children an estimate job runs at once, at most (each traces on one core)
 
 
-def lanes(spec: JobSpec, methods: list[str]) -> list[list[str]]:
-    """The methods split between children that run at the same time. An estimate's traces are pure
-    computation on one core, independent between methods (their trace cache entries too), and read
-    no clock or allocator, so its methods are dealt round-robin over the cores this process may use;
-    a measurement (cpu, cuda) runs its methods one at a time, alone on the machine, and an estimate
-    of ranks (spec.parallel) already runs a process per rank."""
+def lanes(spec: JobSpec) -> int:
+    """How many children run a job's methods at the same time, each taking the next method nobody
+    has taken. An estimate's traces are pure computation on one core, independent between methods
+    (their trace cache entries too), reading no clock or allocator: one child per core this process
+    may use. A measurement (cpu, cuda) runs its methods one at a time, alone on the machine, and an
+    estimate of ranks (spec.parallel) already runs a process per rank."""
     if spec.device != "estimate" or spec.parallel.strategy != "none":
-        return [methods]
-    n = max(1, min(len(methods), len(os.sched_getaffinity(0)), MAX_LANES))
-    return [methods[i::n] for i in range(n)]
+        return 1
+    return max(1, min(len(spec.methods), len(os.sched_getaffinity(0)), MAX_LANES))
 
 
 def run_job(
@@ -180,35 +198,34 @@ def run_job(
         elif kind == "status" and progress:
             progress(done, total, f"{method}: {data}")
 
-    def run_lane(remaining: list[str]) -> str:
-        while remaining:
-            if should_cancel and should_cancel():
-                return "cancelled"
-            batch = remaining if shares_a_process(spec) else remaining[:1]
-            handle({"kind": "start", "data": batch[0], "method": batch[0]})  # a child that dies at once dies in it
-            outcome, finished = _run_isolated(spec, batch, handle, should_cancel)
-            if outcome == "cancelled":
-                return "cancelled"
-            # what failed is recorded against its method; the methods after it get a fresh process
-            remaining = remaining[len(finished) + (outcome != "done") :]
-        return "done"
-
     if isolate:
-        split = lanes(spec, list(spec.methods))
-        outcomes = [""] * len(split)
+        methods, ctx = list(spec.methods), mp.get_context("spawn")  # fork would inherit CUDA state and locks
+        claims = ctx.Array("i", [-1] * len(methods))
+        children = itertools.count()
+        outcomes = []
 
-        def lane(i: int) -> None:
-            outcomes[i] = run_lane(split[i])
+        def lane() -> None:  # children, one after another, each started with a method claimed for it
+            while True:
+                if should_cancel and should_cancel():
+                    outcomes.append("cancelled")
+                    return
+                who = next(children)
+                first = claim(methods, claims, who)
+                if first is None:
+                    return
+                if _run_isolated(spec, methods, (ctx, claims, who, first), handle, should_cancel) == "cancelled":
+                    outcomes.append("cancelled")
+                    return
 
-        threads = [threading.Thread(target=lane, args=(i,), daemon=True) for i in range(1, len(split))]
+        threads = [threading.Thread(target=lane, daemon=True) for _ in range(lanes(spec) - 1)]
         for thread in threads:
             thread.start()
-        lane(0)
+        lane()
         for thread in threads:
             thread.join()
-        if "cancelled" in outcomes:
+        if outcomes:
             result.status = JobStatus.cancelled
-        order = {name: i for i, name in enumerate(spec.methods)}
+        order = {name: i for i, name in enumerate(methods)}
         for field in FIELDS:  # lanes finish in any order; rows keep the spec's order of methods
             getattr(result, field).sort(key=lambda row: order.get(row.method, len(order)))
     else:
@@ -231,22 +248,35 @@ def run_job(
 
 
 def _run_isolated(
-    spec: JobSpec, methods: list[str], handle: Callable[[dict], None], should_cancel: Callable[[], bool] | None = None
-) -> tuple[str, list[str]]:
-    """Run methods in turn in one child, each within spec.timeout_s. Returns the outcome ("done":
-    all finished; "failed": the child stopped at the method after `finished`; "cancelled") and the
-    methods that finished."""
-    ctx = mp.get_context("spawn")  # fork would inherit CUDA state and locks
+    spec: JobSpec,
+    methods: list[str],
+    child: tuple,
+    handle: Callable[[dict], None],
+    should_cancel: Callable[[], bool] | None = None,
+) -> str:
+    """Run one child that runs `first` (claimed for it), then claims the next method nobody has and
+    runs it, in turn (no more, where not `shares_a_process`), each within spec.timeout_s. `child`:
+    (multiprocessing context, the shared claims, this child's number, first). Returns "done",
+    "failed" (the method it was in, the last it claimed, is recorded as failed) or "cancelled"."""
+    ctx, claims, who, first = child
     q = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(spec.model_dump_json(), methods, q), daemon=True)
+    args = (spec.model_dump_json(), methods, claims, who, first, not shares_a_process(spec), q)
+    proc = ctx.Process(target=_child, args=args, daemon=True)
     proc.start()
     deadline = time.monotonic() + spec.timeout_s
-    finished: list[str] = []
     outcome = "running"
-    current = methods[0]
+    current = first  # a child that dies before it says so dies in it
+    finished = set()
 
     def tell(event: dict) -> None:
         handle({**event, "method": current})
+
+    def fail(why: str) -> str:
+        nonlocal current
+        if current is None:  # between methods: it may have claimed one it did not live to announce
+            current = next((m for i, m in enumerate(methods) if claims[i] == who and m not in finished), None)
+        tell({"kind": "error", "data": why})
+        return "failed"
 
     while outcome == "running":
         try:
@@ -261,27 +291,26 @@ def _run_isolated(
                 why = f"killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
                 if code == -9:
                     why += " (often the kernel's out-of-memory killer)"
-                tell({"kind": "error", "data": f"measurement process {why} before finishing"})
-                outcome = "failed"
+                outcome = fail(f"measurement process {why} before finishing")
                 break
             if time.monotonic() > deadline:
                 proc.kill()
-                tell({"kind": "error", "data": f"timed out after {spec.timeout_s:g} s (timeout_s) and was killed"})
-                outcome = "failed"
+                outcome = fail(f"timed out after {spec.timeout_s:g} s (timeout_s) and was killed")
                 break
             continue
         kind = event["kind"]
-        if kind == "done":
-            outcome = "done" if len(finished) == len(methods) else "failed"
+        if kind == "done":  # after an "error" (the child's exception, recorded) it failed
+            outcome = "failed" if current is not None else "done"
             continue
         if kind == "start":
             deadline = time.monotonic() + spec.timeout_s  # the limit is per method
             current = event["data"]
         elif kind == "method-done":
-            finished.append(event["data"])
+            finished.add(current)
+            current = None
             continue
         tell(event)
     proc.join(timeout=10)
     if proc.is_alive():
         proc.kill()
-    return outcome, finished
+    return outcome
