@@ -4,9 +4,10 @@ One run, side by side on this machine: (1) the unit, one trace of `full` at the 
 (2) the study on today's path (WTACRS_TRACE_CACHE=off: every trace afresh, the largest-batch
 search from nothing); (3) the same study with a cold trace cache (the search starts from the
 sweep's traces, guided by the replay of their event logs, profiler/instruments/replay.py); (4) the same study again, warm (what a second user asking gets). Each study
-runs as `wtacrs-prof run` does (methods in a child process). Prints each wall time in units of
-(1), and whether (3) and (4) give the same largest batch per method and the same sweep rows,
-byte for byte, as (2).
+runs as `wtacrs-prof run` does (methods in child processes, one per core at once). Prints each
+wall time in units of (1); whether (3) and (4) give the same largest batch per method and the same
+traced sweep rows, byte for byte, as (2); and how far their replayed rows (the sweep's batches
+between its smallest and largest, producers/sweep.py) are from (2)'s traces of them.
 
 Usage: python benchmarks/estimate_speed.py [--model t5-large] [--methods full lora ...]
            [--batches 16 32 64 100] [--seq-len 128] [--target-gb 80]
@@ -37,8 +38,22 @@ def _study(spec: JobSpec, cache: str) -> tuple[float, object]:
 
 def _answers(result) -> tuple[list, list]:
     largest = [(m.method, m.max_batch_size) for m in result.max_batch]
-    sweep = [r.model_dump() for r in result.results]
+    sweep = [r.model_dump() for r in result.results if not r.predicted]
     return largest, sweep
+
+
+def _replayed_error(result, today) -> float:
+    """The largest difference, over the replayed rows' peaks and breakdown categories, from today's
+    trace of the same (method, batch), as a fraction of that trace's peak."""
+    traced = {(r.method, r.batch_size): r for r in today.results}
+    worst = 0.0
+    for row in (r for r in result.results if r.predicted):
+        was = traced[row.method, row.batch_size]
+        pairs = [(row.peak_bytes, was.peak_bytes), (row.first_step_peak_bytes, was.first_step_peak_bytes)]
+        pairs += [(row.breakdown[c], was.breakdown[c]) for c in was.breakdown]
+        pairs += [(row.first_step_breakdown[c], was.first_step_breakdown[c]) for c in was.first_step_breakdown]
+        worst = max(worst, *(abs(a - b) / was.peak_bytes for a, b in pairs))
+    return worst
 
 
 def main() -> None:
@@ -80,8 +95,14 @@ def main() -> None:
         largest = ", ".join(f"{m} {b}" for m, b in _answers(result)[0])
         print(f"{name:<28}{seconds:>8.1f}{seconds / unit:>8.1f}  {largest}")
     for name, result in (("cold", cold), ("warm", warm)):
-        same = _answers(result) == _answers(today)
-        print(f"{name}: largest batches and sweep rows identical to today's path: {same}; errors: {result.errors}")
+        largest, sweep = _answers(result)
+        same = largest == _answers(today)[0] and all(row in _answers(today)[1] for row in sweep)
+        replayed = sum(r.predicted for r in result.results)
+        print(
+            f"{name}: largest batches and traced sweep rows identical to today's path: {same}; "
+            f"{replayed} rows replayed, worst peak/breakdown difference {_replayed_error(result, today):.2e} "
+            f"of the peak; errors: {result.errors}"
+        )
 
 
 if __name__ == "__main__":

@@ -218,6 +218,11 @@ class TrialRow(Row):
     seq_len: Positive = None
     mode: Mode
     measured: bool = Field(True, description="False for an estimate (FakeTensorMode trace)")
+    predicted: bool = Field(
+        False,
+        description="estimate: not traced itself but replayed from the event logs of the job's two traced batch "
+        "sizes around it (every storage's size interpolated, the step replayed); its peaks within 0.1% of a trace's",
+    )
     oom: bool = False
     oom_message: Message = None
     error: Message = None

@@ -15,6 +15,8 @@ COMPILE_COLUMNS = (
     Column("graphs", "compile_graphs", "int"),
     Column("breaks", "compile_graph_breaks", "int"),
 )
+# Shown when an estimate replayed rows between its traced batch sizes (TrialRow.predicted).
+REPLAYED = Column("replayed", "predicted", "flag")
 
 
 def cell(value, unit: str) -> str:
@@ -49,6 +51,8 @@ def tables(result: JobResult) -> list[Table]:
         columns: tuple[Column, ...] = m.columns
         if m.field == "results" and any(getattr(r, "compiled", False) for r in rows):
             columns = (*columns[:-2], *COMPILE_COLUMNS, *columns[-2:])  # before oom and error
+        if m.field == "results" and any(getattr(r, "predicted", False) for r in rows):
+            columns = (*columns[:3], REPLAYED, *columns[3:])  # after mode
         for c in columns:
             table.add_column(c.header)
         for r in rows:

@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from contract.rows import CATEGORIES
 
-from .replay import ALLOC, FREE, RESET, RESIZE, EventLog
+from .replay import ALLOC, FREE, RESET, RESIZE, STEP, EventLog
 
 
 def _storage(t: torch.Tensor):
@@ -125,6 +125,10 @@ class StorageTracker(TorchDispatchMode):
         self.peak = self.current
         self._at_peak = True
 
+    def step_ended(self) -> None:
+        """Marks the first step's end in the event log (its peak and breakdown are read here)."""
+        self._log(STEP, 0, 0)
+
     def _log(self, kind: int, gen: int, raw: int) -> None:
         if self._events is not None:
             kinds, gens, sizes = self._events
@@ -138,7 +142,8 @@ class StorageTracker(TorchDispatchMode):
         if self._events is None:
             return None
         events, self._events = self._events, None  # the log ends here (what is freed later is no step's)
-        return EventLog.of(0, *events, block=self.block, fixed=fixed)
+        category = {gen: CATEGORIES.index(name) for (_, gen), name in self.kind.items()}
+        return EventLog.of(0, *events, block=self.block, fixed=fixed, category=category)
 
     # -- classification ---------------------------------------------------------------------
     def mark(self, tensors, category: str) -> None:

@@ -25,12 +25,10 @@ class Producer:
 
 
 def _trials(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:
-    from .trials import trial_row
+    from .sweep import sweep_rows
 
-    verb = "tracing" if spec.device == "estimate" else "measuring"
-    for i, b in enumerate(spec.batch_sizes, 1):
-        announce(f"{verb} batch {b} ({i} of {len(spec.batch_sizes)})")
-        yield [trial_row(spec, method, b)]
+    for row in sweep_rows(spec, method):
+        yield [row]
 
 
 def _max_batch(spec: JobSpec, method: Method, tick: Tick) -> Iterator[list[Row]]:

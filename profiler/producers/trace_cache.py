@@ -87,9 +87,15 @@ def key(spec: JobSpec, method: Method, batch_size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _path(spec: JobSpec, method: Method, batch_size: int) -> Path | None:
+def _path(spec: JobSpec, method: Method, batch_size: int, source: tuple[int, int] | None = None) -> Path | None:
+    """A trace's entry; `source`: a row replayed from the traces of these two batch sizes instead."""
     where = folder()
-    return None if where is None else where / f"{key(spec, method, batch_size)}.json"
+    if where is None:
+        return None
+    name = key(spec, method, batch_size)
+    if source is not None:  # apart from the traces: a lookup of a trace never finds a replayed row
+        name = "replayed-" + hashlib.sha256(json.dumps([name, *source]).encode()).hexdigest()
+    return where / f"{name}.json"
 
 
 def _write(path: Path, data: dict) -> None:
@@ -129,9 +135,12 @@ def cached_search(spec: JobSpec, method: Method, limit: float | None, run: Calla
     return row
 
 
-def lookup(spec: JobSpec, method: Method, batch_size: int, limit: float | None) -> TrialRow | None:
-    """The stored row of this trace, its `oom` for `limit`; None when there is none (or the cache is off)."""
-    path = _path(spec, method, batch_size)
+def lookup(
+    spec: JobSpec, method: Method, batch_size: int, limit: float | None, source: tuple[int, int] | None = None
+) -> TrialRow | None:
+    """The stored row of this trace (or of this replay, `source`), its `oom` for `limit`; None when
+    there is none (or the cache is off)."""
+    path = _path(spec, method, batch_size, source)
     if path is None or spec.device != "estimate":
         return None
     try:
@@ -142,10 +151,12 @@ def lookup(spec: JobSpec, method: Method, batch_size: int, limit: float | None) 
     return TrialRow.model_validate(row)
 
 
-def store(spec: JobSpec, method: Method, batch_size: int, row: TrialRow) -> None:
-    """Keep a finished estimate row."""
-    path = _path(spec, method, batch_size)
+def store(spec: JobSpec, method: Method, batch_size: int, row: TrialRow, source: tuple[int, int] | None = None) -> None:
+    """Keep a finished estimate row (a replayed one only as such, `source`)."""
+    path = _path(spec, method, batch_size, source)
     if path is None or spec.device != "estimate" or row.error or row.oom_message or row.peak_bytes is None:
+        return
+    if row.predicted != (source is not None):
         return
     data = row.model_dump(mode="json")
     data.pop("oom")

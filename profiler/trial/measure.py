@@ -78,6 +78,7 @@ def measure_memory(
     with tracker.watch(trial.model, trial.optimizer):
         tracker.reset_peak()
         first_step(trial, saved)
+        tracker.step_ended()
         first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
         first_breakdown = tracker.peak_breakdown()
         steady_step(trial)

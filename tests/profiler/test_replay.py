@@ -11,7 +11,7 @@ from contract.methods import parse_method
 from contract.spec import JobSpec
 from profiler.instruments.replay import predictor
 from profiler.instruments.tracker import StorageTracker
-from profiler.producers import single, trials
+from profiler.producers import single, sweep, trials
 from profiler.producers.base import memory_limit
 from profiler.producers.maxbatch import search
 
@@ -75,6 +75,26 @@ def test_two_traces_predict_a_third(family):
             assert predicted == traced, name
         else:
             assert abs(predicted - traced) <= 1e-4 * traced, (name, predicted, traced)
+        # the whole row: replayed at a traced batch it is that trace's, to the byte; between, every
+        # byte count is the trace's (within a sampled layer's rounding, under 0.01% of the peak)
+        low, high = (rows[3], logs[3]), (rows[17], logs[17])
+        own = sweep.predicted_row(spec, 3, low, high)
+        assert own.predicted and own.model_dump(exclude={"predicted"}) == rows[3].model_dump(exclude={"predicted"})
+        between = sweep.predicted_row(spec, 10, low, high).model_dump()
+        for field, value in rows[10].model_dump(exclude={"predicted"}).items():
+            got = between[field]
+            if isinstance(value, dict):
+                assert sum(got.values()) == between[field.replace("breakdown", "peak_bytes")], (name, field)
+                value, got = sorted(value.items()), sorted(got.items())
+                assert [k for k, _ in value] == [k for k, _ in got]
+                value, got = [v for _, v in value], [v for _, v in got]
+            else:
+                value, got = [value], [got]
+            for v, g in zip(value, got):
+                if method.sampler is None or not isinstance(v, int) or isinstance(v, bool):
+                    assert g == v, (name, field, g, v)
+                else:
+                    assert abs(g - v) <= 1e-4 * traced, (name, field, g, v)
 
 
 def test_logs_of_different_steps_predict_nothing():

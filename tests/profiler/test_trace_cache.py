@@ -86,6 +86,45 @@ def test_a_job_searches_from_its_sweep(monkeypatch, tmp_path):
     assert len(traced) < traces_before
 
 
+def test_the_sweep_between_its_ends_is_replayed(monkeypatch, tmp_path):
+    """Batches 4, 8 and 16: with the cache, 4 and 16 are traced and 8 replayed from their logs,
+    its peaks and breakdowns within 0.1% of today's trace of it (exact where nothing is sampled);
+    asked again, the replayed row is served too; the largest batch is today's."""
+    spec = _spec(batch_sizes=[4, 8, 16])
+    monkeypatch.setenv(trace_cache.ENV, "off")
+    today = run_job(spec, isolate=False)
+    monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
+    traced = _count_traces(monkeypatch)
+    fast = run_job(spec, isolate=False)
+    assert not today.errors and not fast.errors
+    assert sorted(set(traced) & {4, 8, 16}) == [4, 16]
+    assert [m.max_batch_size for m in fast.max_batch] == [m.max_batch_size for m in today.max_batch]
+    for was, row in zip(today.results, fast.results):
+        assert (row.method, row.batch_size) == (was.method, was.batch_size) and row.predicted == (row.batch_size == 8)
+        if not row.predicted:
+            assert row.model_dump() == was.model_dump()
+            continue
+        exact = parse_method(row.method).sampler is None
+        for got, want in (
+            (row.peak_bytes, was.peak_bytes),
+            (row.first_step_peak_bytes, was.first_step_peak_bytes),
+            *((row.breakdown[c], was.breakdown[c]) for c in was.breakdown),
+            *((row.first_step_breakdown[c], was.first_step_breakdown[c]) for c in was.first_step_breakdown),
+        ):
+            assert got == want if exact else abs(got - want) <= 1e-3 * was.peak_bytes, (row.method, got, want)
+    traced.clear()
+    again = run_job(spec, isolate=False)
+    assert traced == [] and [r.model_dump() for r in again.results] == [r.model_dump() for r in fast.results]
+    # said where the rows are shown: the CLI's table and the job page's memory chart
+    from app.web.job_charts import memory_vs_batch
+    from profiler.tables import tables
+
+    assert [c.header for c in tables(fast)[0].columns][3] == "replayed"
+    assert "replayed" not in [c.header for c in tables(today)[0].columns]
+    title = memory_vs_batch(fast.results, None, "estimate")["layout"]["title"]
+    assert "batch 8 replayed from the traces around it" in str(title)
+
+
 def test_the_same_question_twice_answers_without_tracing(monkeypatch, tmp_path):
     monkeypatch.setenv(trace_cache.ENV, str(tmp_path))
     spec = _spec(methods=["wtacrs@0.3"])
