@@ -87,15 +87,23 @@ def _run_methods(spec_json: str, take: Callable[[], str | None], emit: Callable[
         listen(None)
 
 
+CLAIM_WAIT_S = 30.0
+
+
 def claim(methods: list[str], claims, who: int) -> str | None:
     """The next method no process has claimed, claimed for `who`; None when none is left. `claims`:
     a shared array (multiprocessing.Array), one owner per method, -1 where none yet."""
-    with claims.get_lock():
+    lock = claims.get_lock()
+    if not lock.acquire(timeout=CLAIM_WAIT_S):  # held for microseconds, unless its holder died holding it
+        raise RuntimeError("the job's method claims stayed locked: a measurement process died holding the lock")
+    try:
         for i, owner in enumerate(claims):
             if owner == -1:
                 claims[i] = who
                 return methods[i]
-    return None
+        return None
+    finally:
+        lock.release()
 
 
 def _heartbeat(q, stop: threading.Event) -> None:
@@ -148,7 +156,8 @@ def lanes(spec: JobSpec) -> int:
     estimate of ranks (spec.parallel) already runs a process per rank."""
     if spec.device != "estimate" or spec.parallel.strategy != "none":
         return 1
-    return max(1, min(len(spec.methods), len(os.sched_getaffinity(0)), MAX_LANES))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(len(spec.methods), cores, MAX_LANES))
 
 
 def run_job(
@@ -202,20 +211,24 @@ def run_job(
         methods, ctx = list(spec.methods), mp.get_context("spawn")  # fork would inherit CUDA state and locks
         claims = ctx.Array("i", [-1] * len(methods))
         children = itertools.count()
-        outcomes = []
+        outcomes, raised, stop = [], [], threading.Event()
+
+        def stopped() -> bool:  # cancelled, or another lane raised: every child is killed
+            return stop.is_set() or bool(should_cancel and should_cancel())
 
         def lane() -> None:  # children, one after another, each started with a method claimed for it
-            while True:
-                if should_cancel and should_cancel():
-                    outcomes.append("cancelled")
-                    return
-                who = next(children)
-                first = claim(methods, claims, who)
-                if first is None:
-                    return
-                if _run_isolated(spec, methods, (ctx, claims, who, first), handle, should_cancel) == "cancelled":
-                    outcomes.append("cancelled")
-                    return
+            try:
+                while not stopped():
+                    who = next(children)
+                    first = claim(methods, claims, who)
+                    if first is None:
+                        return
+                    if _run_isolated(spec, methods, (ctx, claims, who, first), handle, stopped) == "cancelled":
+                        break
+                outcomes.append("cancelled")
+            except BaseException as err:  # the job's to raise (the worker retries it), after every lane stopped
+                raised.append(err)
+                stop.set()
 
         threads = [threading.Thread(target=lane, daemon=True) for _ in range(lanes(spec) - 1)]
         for thread in threads:
@@ -223,6 +236,8 @@ def run_job(
         lane()
         for thread in threads:
             thread.join()
+        if raised:
+            raise raised[0]
         if outcomes:
             result.status = JobStatus.cancelled
         order = {name: i for i, name in enumerate(methods)}
@@ -257,7 +272,7 @@ def _run_isolated(
     """Run one child that runs `first` (claimed for it), then claims the next method nobody has and
     runs it, in turn (no more, where not `shares_a_process`), each within spec.timeout_s. `child`:
     (multiprocessing context, the shared claims, this child's number, first). Returns "done",
-    "failed" (the method it was in, the last it claimed, is recorded as failed) or "cancelled"."""
+    "failed" (every method it claimed and did not finish is recorded as failed) or "cancelled"."""
     ctx, claims, who, first = child
     q = ctx.Queue()
     args = (spec.model_dump_json(), methods, claims, who, first, not shares_a_process(spec), q)
@@ -267,50 +282,56 @@ def _run_isolated(
     outcome = "running"
     current = first  # a child that dies before it says so dies in it
     finished = set()
+    dead = False
 
-    def tell(event: dict) -> None:
-        handle({**event, "method": current})
+    def tell(event: dict, method: str | None = None) -> None:
+        handle({**event, "method": method or current})
 
     def fail(why: str) -> str:
-        nonlocal current
-        if current is None:  # between methods: it may have claimed one it did not live to announce
-            current = next((m for i, m in enumerate(methods) if claims[i] == who and m not in finished), None)
-        tell({"kind": "error", "data": why})
+        # what it claimed and did not finish: the method it was in, and one it may have claimed
+        # without living to announce it (events still in a killed child's queue are lost)
+        for i, method in enumerate(methods):
+            if claims[i] == who and method not in finished:
+                tell({"kind": "error", "data": why}, method)
         return "failed"
 
-    while outcome == "running":
-        try:
-            event = q.get(timeout=0.5)
-        except queue_mod.Empty:
-            if should_cancel and should_cancel():
-                proc.kill()
-                outcome = "cancelled"
-                break
-            if not proc.is_alive():
-                code = proc.exitcode
-                why = f"killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
-                if code == -9:
-                    why += " (often the kernel's out-of-memory killer)"
-                outcome = fail(f"measurement process {why} before finishing")
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                outcome = fail(f"timed out after {spec.timeout_s:g} s (timeout_s) and was killed")
-                break
-            continue
-        kind = event["kind"]
-        if kind == "done":  # after an "error" (the child's exception, recorded) it failed
-            outcome = "failed" if current is not None else "done"
-            continue
-        if kind == "start":
-            deadline = time.monotonic() + spec.timeout_s  # the limit is per method
-            current = event["data"]
-        elif kind == "method-done":
-            finished.add(current)
-            current = None
-            continue
-        tell(event)
-    proc.join(timeout=10)
-    if proc.is_alive():
-        proc.kill()
+    try:
+        while outcome == "running":
+            try:
+                event = q.get(timeout=0.5)
+            except queue_mod.Empty:
+                if should_cancel and should_cancel():
+                    outcome = "cancelled"
+                elif not proc.is_alive():
+                    if not dead:  # what it sent before it died may still be on its way: read that first
+                        dead = True
+                        continue
+                    code = proc.exitcode
+                    why = f"killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
+                    if code == -9:
+                        why += " (often the kernel's out-of-memory killer)"
+                    outcome = fail(f"measurement process {why} before finishing")
+                elif time.monotonic() > deadline:
+                    proc.kill()
+                    outcome = fail(f"timed out after {spec.timeout_s:g} s (timeout_s) and was killed")
+                continue
+            kind = event["kind"]
+            if kind == "done":  # after an "error" (the child's exception, recorded) it failed
+                outcome = "failed" if current is not None else "done"
+                continue
+            if kind in ("start", "method-done"):
+                deadline = time.monotonic() + spec.timeout_s  # the limit is per method
+            if kind == "start":
+                current = event["data"]
+            elif kind == "method-done":
+                finished.add(current)
+                current = None
+                continue
+            tell(event)
+    finally:  # however this ends (an exception here included), the child does not outlive it
+        if outcome != "done":
+            proc.kill()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
     return outcome

@@ -52,6 +52,7 @@ class EventLog:
     reset: int  # index of the last RESET, -1 when none
     cats: np.ndarray  # int8 [n]: the category (index in CATEGORIES) of the storage an event is about
     step: int  # index of the STEP mark (the first step's end), -1 when none
+    first_cats: np.ndarray  # int8 [n]: the categories as known at the first step's end
 
     @classmethod
     def of(
@@ -63,8 +64,10 @@ class EventLog:
         block: int,
         fixed: int,
         category: dict[int, int] | None = None,
+        first_category: dict[int, int] | None = None,
     ) -> EventLog:
-        """`category`: generation -> index in CATEGORIES (default and where missing: other)."""
+        """`category`: generation -> index in CATEGORIES (default and where missing: other), at the
+        log's end; `first_category`: the same at the first step's end (default: `category`)."""
         prev, last, reset, step = [-1] * len(kinds), {}, -1, -1
         category = category or {}
         for i, (kind, gen) in enumerate(zip(kinds, gens)):
@@ -81,9 +84,10 @@ class EventLog:
             else:
                 last[gen] = i
         cats = np.array([category.get(gen, OTHER) for gen in gens], dtype=np.int8)
+        first = cats if first_category is None else np.array([first_category.get(g, OTHER) for g in gens], np.int8)
         return cls(
             batch_size, np.array(kinds, dtype=np.int8), np.array(gens, dtype=np.int64),
-            np.array(sizes, dtype=np.int64), np.array(prev, dtype=np.int64), block, fixed, reset, cats, step,
+            np.array(sizes, dtype=np.int64), np.array(prev, dtype=np.int64), block, fixed, reset, cats, step, first,
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -100,6 +104,7 @@ class EventLog:
             and np.array_equal(self.kinds, other.kinds)
             and np.array_equal(self.gens, other.gens)
             and np.array_equal(self.cats, other.cats)
+            and np.array_equal(self.first_cats, other.first_cats)
         )
 
     def _counted(self, sizes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +142,9 @@ class EventLog:
         following[self.prev[later]] = later
         sets = (self.kinds == ALLOC) | (self.kinds == RESIZE)
 
-        def composition(at: int) -> dict[str, int]:
+        def composition(at: int, cats: np.ndarray) -> dict[str, int]:
             live = sets & (np.arange(len(self)) <= at) & (following > at)
-            totals = np.bincount(self.cats[live], weights=rounded[live], minlength=len(CATEGORIES))
+            totals = np.bincount(cats[live], weights=rounded[live], minlength=len(CATEGORIES))
             return {name: int(totals[i]) for i, name in enumerate(CATEGORIES)}
 
         peak, at = self._top(current, len(current) - 1)
@@ -149,8 +154,8 @@ class EventLog:
         return Replay(
             peak=peak + self.fixed,
             first_step_peak=None if first is None else first + self.fixed,
-            breakdown=composition(at),
-            first_step_breakdown=None if first_at is None else composition(first_at),
+            breakdown=composition(at, self.cats),
+            first_step_breakdown=None if first_at is None else composition(first_at, self.first_cats),
         )
 
 

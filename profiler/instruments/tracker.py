@@ -44,6 +44,7 @@ class StorageTracker(TorchDispatchMode):
         self._at_peak = False  # nothing was freed or shrunk since `current` last became `peak`
         self._gen = 0
         self.kind: dict[tuple[int, int], str] = {}  # (key, generation) -> category
+        self._first_kinds: dict[int, int] | None = None  # generation -> category at the first step's end
 
     # -- accounting -------------------------------------------------------------------------
     # The composition at the peak is what `live` holds at the last moment `current` equals `peak`.
@@ -126,8 +127,14 @@ class StorageTracker(TorchDispatchMode):
         self._at_peak = True
 
     def step_ended(self) -> None:
-        """Marks the first step's end in the event log (its peak and breakdown are read here)."""
-        self._log(STEP, 0, 0)
+        """Marks the first step's end in the event log, where its peak and breakdown are read: with
+        the categories known then (a storage may be classified later, in the steady step)."""
+        if self._events is not None:
+            self._log(STEP, 0, 0)
+            self._first_kinds = self._categories()
+
+    def _categories(self) -> dict[int, int]:
+        return {gen: CATEGORIES.index(name) for (_, gen), name in self.kind.items()}
 
     def _log(self, kind: int, gen: int, raw: int) -> None:
         if self._events is not None:
@@ -142,8 +149,9 @@ class StorageTracker(TorchDispatchMode):
         if self._events is None:
             return None
         events, self._events = self._events, None  # the log ends here (what is freed later is no step's)
-        category = {gen: CATEGORIES.index(name) for (_, gen), name in self.kind.items()}
-        return EventLog.of(0, *events, block=self.block, fixed=fixed, category=category)
+        category = self._categories()
+        first = self._first_kinds
+        return EventLog.of(0, *events, block=self.block, fixed=fixed, category=category, first_category=first)
 
     # -- classification ---------------------------------------------------------------------
     def mark(self, tensors, category: str) -> None:

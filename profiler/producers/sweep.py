@@ -27,7 +27,7 @@ def predicted_row(spec: JobSpec, batch_size: int, low: tuple[TrialRow, EventLog]
     (activations, an offload's host bytes) interpolated; the rest is the traced rows'."""
     (a, a_log), (b, b_log) = low, high
     replay_at = replayer(a_log, b_log)
-    if replay_at is None or a.error or b.error:
+    if replay_at is None or any(r.error or r.oom_message or r.peak_bytes is None for r in (a, b)):
         return None
     replay = replay_at(batch_size)
     t = (batch_size - a.batch_size) / (b.batch_size - a.batch_size)

@@ -130,7 +130,9 @@ def cached_search(spec: JobSpec, method: Method, limit: float | None, run: Calla
         except (OSError, ValueError):
             pass
     row = run()
-    if path is not None:
+    # kept only under the key it was asked under: a kernel that failed mid-search changed what the
+    # later probes were traced as (the key names it), and a mixed answer is nobody's
+    if path is not None and _search_path(spec, method, limit) == path:
         _write(path, row.model_dump(mode="json"))
     return row
 

@@ -99,6 +99,7 @@ def test_the_sweep_between_its_ends_is_replayed(monkeypatch, tmp_path):
     assert not today.errors and not fast.errors
     assert sorted(set(traced) & {4, 8, 16}) == [4, 16]
     assert [m.max_batch_size for m in fast.max_batch] == [m.max_batch_size for m in today.max_batch]
+    assert len(fast.results) == len(today.results) == 9
     for was, row in zip(today.results, fast.results):
         assert (row.method, row.batch_size) == (was.method, was.batch_size) and row.predicted == (row.batch_size == 8)
         if not row.predicted:
@@ -282,6 +283,25 @@ def test_an_estimates_methods_run_in_a_child_per_core(monkeypatch, tmp_path):
     assert len(started) == 3  # the third method in a fresh child
     assert sorted(e.split(":")[0] for e in result.errors) == sorted(spec.methods)
     assert runner.lanes(spec) == 2 and runner.lanes(spec.model_copy(update={"device": "cpu"})) == 1
+
+
+def test_a_lane_that_raises_stops_the_others_and_raises(monkeypatch):
+    """Trouble in the parent's own code (a child that cannot be started) is the job's to raise, as
+    with one child (the worker retries it), once every lane has stopped: no method goes missing
+    silently from a job that says it succeeded."""
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1})
+    real, calls = runner._run_isolated, []
+
+    def flaky(spec, methods, child, handle, should_cancel):
+        calls.append(child[3])
+        if len(calls) == 1:
+            raise OSError("too many open files")
+        return real(spec, methods, child, handle, should_cancel)
+
+    monkeypatch.setattr(runner, "_run_isolated", flaky)
+    with pytest.raises(OSError, match="too many open files"):
+        run_job(_spec(methods=["full", "lora", "wtacrs@0.3"], measurements=["peak_memory"]), isolate=True)
+    assert len(calls) <= 2
 
 
 def test_the_parent_of_a_job_imports_no_torch():
