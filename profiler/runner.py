@@ -152,9 +152,9 @@ def lanes(spec: JobSpec) -> int:
     """How many children run a job's methods at the same time, each taking the next method nobody
     has taken. An estimate's traces are pure computation on one core, independent between methods
     (their trace cache entries too), reading no clock or allocator: one child per core this process
-    may use. A measurement (cpu, cuda) runs its methods one at a time, alone on the machine, and an
-    estimate of ranks (spec.parallel) already runs a process per rank."""
-    if spec.device != "estimate" or spec.parallel.strategy != "none":
+    may use (an estimate of ranks traces rank 0 in its own process, under a fake process group). A
+    measurement (cpu, cuda) runs its methods one at a time, alone on the machine."""
+    if spec.device != "estimate":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(len(spec.methods), cores, MAX_LANES))

@@ -3,10 +3,13 @@ process per rank on cpu and cuda (ranks.py). How a rank is wrapped and counted: 
 
 from __future__ import annotations
 
+import dataclasses
+
 from contract.methods import Method
 from contract.rows import TrialRow
 from contract.spec import JobSpec
 
+from ..instruments.replay import EventLog
 from ..trial.mode import trial_in_mode
 from .base import base_row, memory_limit
 from .outcome import failure
@@ -14,21 +17,27 @@ from .ranks import measured_rows
 from .sharding import RankTracker, fake_process_group, sharded_trial
 
 
-def _estimate(spec: JobSpec, method: Method, batch_size: int) -> dict:
+def _estimate(spec: JobSpec, method: Method, batch_size: int, record: bool) -> dict:
     """Rank 0 of world_size, traced under PyTorch's fake process group."""
     with trial_in_mode(spec, method, batch_size, outer=fake_process_group(spec.parallel.world_size)) as run:
         kernels = run.kernels
-        tracker = RankTracker(block=kernels.round_bytes if kernels else 1)
+        tracker = RankTracker(block=kernels.round_bytes if kernels else 1, record=record)
         return sharded_trial(spec, run.trial, run.trial.device, run.outer, tracker, "estimate")
 
 
-def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool = True) -> TrialRow:
+def trial_row(
+    spec: JobSpec, method: Method, batch_size: int, throughput: bool = True, logs: dict[int, EventLog] | None = None
+) -> TrialRow:
+    """`logs`: where an estimate keeps its trace's event log, by batch size (instruments/replay.py)."""
     if spec.device != "estimate":
         return measured_rows(spec, [method], batch_size, throughput)[0]
     row = base_row(spec, method, batch_size)
     row["rank"] = 0
     try:
-        row.update(_estimate(spec, method, batch_size))
+        row.update(_estimate(spec, method, batch_size, record=logs is not None))
+        log = row.pop("event_log", None)
+        if log is not None:
+            logs[batch_size] = dataclasses.replace(log, batch_size=batch_size)
         limit = memory_limit(spec)
         row["oom"] = limit is not None and row["peak_bytes"] > limit
     except Exception as err:

@@ -35,7 +35,7 @@ def trial_row(spec: JobSpec, method: Method, batch_size: int, throughput: bool =
 
     def run() -> TrialRow:
         if spec.parallel.strategy != "none":
-            return parallel.trial_row(spec, method, batch_size, throughput)
+            return parallel.trial_row(spec, method, batch_size, throughput, _logs(spec, method))
         return single.trial_row(spec, method, batch_size, throughput, _logs(spec, method))
 
     if spec.device == "estimate":

@@ -9,9 +9,9 @@ import torch
 
 from contract.methods import parse_method
 from contract.spec import JobSpec
-from profiler.instruments.replay import predictor
+from profiler.instruments.replay import RESIZE, predictor
 from profiler.instruments.tracker import StorageTracker
-from profiler.producers import single, sweep, trials
+from profiler.producers import parallel, single, sweep, trials
 from profiler.producers.base import memory_limit
 from profiler.producers.maxbatch import search
 
@@ -95,6 +95,21 @@ def test_two_traces_predict_a_third(family):
                     assert g == v, (name, field, g, v)
                 else:
                     assert abs(g - v) <= 1e-4 * traced, (name, field, g, v)
+
+
+def test_a_ranks_logs_predict_its_peak_too():
+    """FSDP rank 0 under the fake process group (the shards' resizes in the log): its own log replays
+    to its peak, and two predict a third (exactly without sampling), so its largest-batch search is
+    guided as a single device's is."""
+    spec = _spec("llama-tiny", dtype="bf16-weights", parallel={"strategy": "fsdp", "world_size": 2})
+    for name in ["full", "wtacrs@0.3"]:
+        logs, rows = {}, {}
+        for b in (3, 10, 17):
+            rows[b] = parallel.trial_row(spec, parse_method(name), b, throughput=False, logs=logs)
+            assert not rows[b].error and logs[b].peak() == rows[b].peak_bytes, (name, b, rows[b].error)
+        predicted, traced = predictor(logs[3], logs[17])(10), rows[10].peak_bytes
+        assert predicted == traced if name == "full" else abs(predicted - traced) <= 1e-4 * traced, name
+        assert (logs[3].kinds == RESIZE).any(), "FSDP frees and re-allocates its unsharded parameters"
 
 
 def test_logs_of_different_steps_predict_nothing():
