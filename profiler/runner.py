@@ -179,6 +179,7 @@ def run_job(
     total = sum(units_per_method(spec, m) for m in spec.methods)
     done = 0
     current_method = spec.methods[0]
+    doing: dict[str, str] = {}  # method -> the step in progress, of the methods running now
     lock = threading.Lock()  # lanes report from threads of their own
 
     def handle(event: dict) -> None:
@@ -200,12 +201,17 @@ def run_job(
             result.errors.extend(f"{method} batch {r.batch_size}: {r.error}" for r in rows if getattr(r, "error", None))
         elif kind == "error":
             result.errors.append(f"{method}: {data}")
-        if kind in ("rows", "tick") and progress:
+        if kind in ("rows", "tick"):
             done += 1
-            what = data if kind == "tick" else f"{event['field']} done"
-            progress(done, total, f"{method}: {what}")
-        elif kind == "status" and progress:
-            progress(done, total, f"{method}: {data}")
+            doing[method] = data if kind == "tick" else f"{event['field']} done"
+        elif kind == "status":
+            doing[method] = data
+        elif kind == "method-done":
+            doing.pop(method, None)
+        if progress and kind in ("rows", "tick", "status"):
+            # each method in progress (lanes run several at once), latest first
+            doing[method] = doing.pop(method)
+            progress(done, total, " · ".join(f"{m}: {what}" for m, what in reversed(doing.items())))
 
     if isolate:
         methods, ctx = list(spec.methods), mp.get_context("spawn")  # fork would inherit CUDA state and locks
@@ -256,6 +262,7 @@ def run_job(
                 handle({"kind": "error", "data": f"{type(err).__name__}: {err}"})
             finally:
                 listen(None)
+                handle({"kind": "method-done", "data": name})
     if result.status == JobStatus.running:
         result.status = JobStatus.failed if result.errors else JobStatus.succeeded
     result.finished_at = _now()
@@ -324,6 +331,7 @@ def _run_isolated(
             if kind == "start":
                 current = event["data"]
             elif kind == "method-done":
+                tell(event)
                 finished.add(current)
                 current = None
                 continue

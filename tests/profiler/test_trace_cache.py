@@ -285,6 +285,32 @@ def test_an_estimates_methods_run_in_a_child_per_core(monkeypatch, tmp_path):
     assert runner.lanes(spec) == 2 and runner.lanes(spec.model_copy(update={"device": "cpu"})) == 1
 
 
+def test_progress_names_every_method_in_progress(monkeypatch):
+    """Lanes run methods at once: the progress line names each one's step, the latest first, and
+    drops a method once it is done."""
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1})
+    both = threading.Barrier(2, timeout=10)
+
+    def child(spec, methods, child, handle, should_cancel):
+        method = child[3]
+        handle({"kind": "start", "data": method, "method": method})
+        handle({"kind": "status", "data": "tracing batch 4 (1 of 2)", "method": method})
+        both.wait()  # both methods are in progress now
+        handle({"kind": "tick", "data": "tracing batch 16 (2 of 2)", "method": method})
+        both.wait()
+        handle({"kind": "method-done", "data": method, "method": method})
+        return "done"
+
+    monkeypatch.setattr(runner, "_run_isolated", child)
+    messages = []
+    spec = _spec(methods=["full", "lora"], measurements=["peak_memory"])
+    run_job(spec, isolate=True, progress=lambda done, total, m: messages.append(m))
+    last_ticks = [m for m in messages if "2 of 2" in m]
+    assert len(last_ticks) == 2 and " · " in last_ticks[-1], messages
+    first, second = (part.split(":")[0] for part in last_ticks[-1].split(" · "))
+    assert {first, second} == {"full", "lora"} and last_ticks[-1].startswith(f"{first}: tracing batch 16 (2 of 2)")
+
+
 def test_a_lane_that_raises_stops_the_others_and_raises(monkeypatch):
     """Trouble in the parent's own code (a child that cannot be started) is the job's to raise, as
     with one child (the worker retries it), once every lane has stopped: no method goes missing
