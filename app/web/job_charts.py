@@ -78,7 +78,7 @@ def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str,
     label = {"estimate": " (estimated)", "cpu": " (measured)", "cuda": " (measured)"}.get(mode, "")
     replayed = sorted({r.batch_size for r in rows if r.predicted})
     if replayed:  # between two traced batches, from their event logs (TrialRow.predicted)
-        label = f" (estimated; batch {', '.join(map(str, replayed))} replayed from the traces around it)"
+        label = f" (estimated; batch {', '.join(map(str, replayed))} replayed)"
     return {
         "data": data,
         "layout": figure_layout(

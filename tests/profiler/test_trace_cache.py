@@ -123,7 +123,7 @@ def test_the_sweep_between_its_ends_is_replayed(monkeypatch, tmp_path):
     assert [c.header for c in tables(fast)[0].columns][3] == "replayed"
     assert "replayed" not in [c.header for c in tables(today)[0].columns]
     title = memory_vs_batch(fast.results, None, "estimate")["layout"]["title"]
-    assert "batch 8 replayed from the traces around it" in str(title)
+    assert "(estimated; batch 8 replayed)" in str(title)
 
 
 def test_the_same_question_twice_answers_without_tracing(monkeypatch, tmp_path):
