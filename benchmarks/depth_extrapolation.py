@@ -23,12 +23,9 @@ from contract.methods import parse_method
 from contract.presets import PRESETS
 from contract.spec import JobSpec
 from profiler.producers.single import trial_row
+from profiler.trial.zoo import build_config
 
-DEPTH_KEYS = {
-    "t5": ("num_layers", "num_decoder_layers"),
-    "llama": ("num_hidden_layers",),
-    "bert": ("num_hidden_layers",),
-}
+DEPTH_KEYS = {"t5": ("num_layers", "num_decoder_layers")}  # the other families here: num_hidden_layers
 
 
 def main() -> None:
@@ -41,8 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["WTACRS_TRACE_CACHE"] = "off"  # every trace afresh: the times are the point
     family, preset = PRESETS[args.model]
-    keys = DEPTH_KEYS[family]
-    full_depth = preset[keys[0]]
+    keys = DEPTH_KEYS.get(family, ("num_hidden_layers",))
+    full_depth = getattr(build_config(args.model, args.seq_len)[1], keys[0])
 
     def spec(depth: int | None) -> JobSpec:
         overrides = dict(preset) | ({k: depth for k in keys} if depth else {})
