@@ -28,6 +28,22 @@ from profiler.trial.zoo import build_config
 DEPTH_KEYS = {"t5": ("num_layers", "num_decoder_layers")}  # the other families here: num_hidden_layers
 
 
+def full_depth(model: str, seq_len: int) -> int:
+    """A preset's number of blocks (per stack), as its built config says."""
+    family, _ = PRESETS[model]
+    return getattr(build_config(model, seq_len)[1], DEPTH_KEYS.get(family, ("num_hidden_layers",))[0])
+
+
+def at_depth(model: str, depth: int | None, batch: int, seq_len: int) -> JobSpec:
+    """An estimate spec of the preset with `depth` blocks per stack (None: as it is)."""
+    family, preset = PRESETS[model]
+    keys = DEPTH_KEYS.get(family, ("num_hidden_layers",))
+    overrides = dict(preset) | ({k: depth for k in keys} if depth else {})
+    fields = {"model": {"family": family, "overrides": overrides}, "methods": ["full"], "seq_len": seq_len}
+    fields |= {"batch_sizes": [batch], "measurements": ["peak_memory"], "device": "estimate"}
+    return JobSpec.model_validate(fields)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="t5-large", choices=sorted(PRESETS))
@@ -37,17 +53,12 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     args = ap.parse_args()
     os.environ["WTACRS_TRACE_CACHE"] = "off"  # every trace afresh: the times are the point
-    family, preset = PRESETS[args.model]
-    keys = DEPTH_KEYS.get(family, ("num_hidden_layers",))
-    full_depth = getattr(build_config(args.model, args.seq_len)[1], keys[0])
+    full = full_depth(args.model, args.seq_len)
 
     def spec(depth: int | None) -> JobSpec:
-        overrides = dict(preset) | ({k: depth for k in keys} if depth else {})
-        fields = {"model": {"family": family, "overrides": overrides}, "methods": ["full"], "seq_len": args.seq_len}
-        fields |= {"batch_sizes": [args.batch], "measurements": ["peak_memory"], "device": "estimate"}
-        return JobSpec.model_validate(fields)
+        return at_depth(args.model, depth, args.batch, args.seq_len)
 
-    print(f"{machine()}; {args.model} ({full_depth} blocks), batch {args.batch}, length {args.seq_len}, estimate")
+    print(f"{machine()}; {args.model} ({full} blocks), batch {args.batch}, length {args.seq_len}, estimate")
     a, b = args.depths[-2:]
     for name in args.methods:
         method, peaks, times = parse_method(name), {}, []
@@ -55,14 +66,11 @@ def main() -> None:
             start = time.perf_counter()
             row = trial_row(spec(depth), method, args.batch)
             times.append(time.perf_counter() - start)
-            peaks[depth or full_depth] = (row.peak_bytes, row.first_step_peak_bytes)
+            peaks[depth or full] = (row.peak_bytes, row.first_step_peak_bytes)
         steps = [peaks[y][0] - peaks[x][0] for x, y in zip(args.depths, args.depths[1:])]
-        off = [
-            peaks[b][i] + (full_depth - b) * (peaks[b][i] - peaks[a][i]) // (b - a) - peaks[full_depth][i]
-            for i in (0, 1)
-        ]
+        off = [peaks[b][i] + (full - b) * (peaks[b][i] - peaks[a][i]) // (b - a) - peaks[full][i] for i in (0, 1)]
         print(
-            f"{name}: trace s {' / '.join(f'{t:.1f}' for t in times)} (depths {args.depths}, then {full_depth}); "
+            f"{name}: trace s {' / '.join(f'{t:.1f}' for t in times)} (depths {args.depths}, then {full}); "
             f"increments {steps}; extrapolated - traced: steady {off[0]:+,} B, first step {off[1]:+,} B"
         )
 

@@ -23,6 +23,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 from common import machine
+from depth_extrapolation import at_depth, full_depth
 
 from contract.methods import parse_method
 from contract.presets import PRESETS
@@ -31,9 +32,7 @@ from profiler.instruments import tracker as tracker_mod
 from profiler.instruments.replay import EventLog
 from profiler.producers import single
 from profiler.trial import mode as mode_mod
-from profiler.trial.zoo import build_config
 
-DEPTH_KEYS = {"t5": ("num_layers", "num_decoder_layers")}  # the other families here: num_hidden_layers
 DEPTHS = (3, 4, 5)
 _state: dict = {}
 
@@ -137,15 +136,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["WTACRS_TRACE_CACHE"] = "off"
     _instrument()
-    family, preset = PRESETS[args.model]
-    keys = DEPTH_KEYS.get(family, ("num_hidden_layers",))
-    full = getattr(build_config(args.model, args.seq_len)[1], keys[0])
+    full = full_depth(args.model, args.seq_len)
     print(f"{machine()}; {args.model} ({full} blocks), batch {args.batch}, length {args.seq_len}, estimate")
 
     def spec(depth: int) -> JobSpec:
-        fields = {"model": {"family": family, "overrides": dict(preset) | {k: depth for k in keys}}}
-        fields |= {"methods": ["full"], "seq_len": args.seq_len, "batch_sizes": [args.batch]}
-        return JobSpec.model_validate(fields | {"measurements": ["peak_memory"], "device": "estimate"})
+        return at_depth(args.model, depth, args.batch, args.seq_len)
 
     for name in args.methods:
         method, by_depth, traced, spent = parse_method(name), {}, {}, {}
