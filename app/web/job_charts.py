@@ -76,9 +76,10 @@ def memory_vs_batch(rows: list[TrialRow], device_bytes: float | None, mode: str,
             }
         )
     label = {"estimate": " (estimated)", "cpu": " (measured)", "cuda": " (measured)"}.get(mode, "")
-    replayed = sorted({r.batch_size for r in rows if r.predicted})
-    if replayed:  # between two traced batches, from their event logs (TrialRow.predicted)
-        label = f" (estimated; batch {', '.join(map(str, replayed))} replayed)"
+    replayed = sorted({r.batch_size for r in rows if r.predicted and r.mode == "estimate"})
+    if mode == "estimate" and replayed:  # between two traced batches, from their event logs (TrialRow.predicted)
+        which = f"batch {', '.join(map(str, replayed))}" if len(replayed) <= 2 else f"{len(replayed)} batch sizes"
+        label = f" (estimated; {which} replayed)"  # short: the title shares its line with the modebar
     return {
         "data": data,
         "layout": figure_layout(

@@ -124,6 +124,12 @@ def test_the_sweep_between_its_ends_is_replayed(monkeypatch, tmp_path):
     assert "replayed" not in [c.header for c in tables(today)[0].columns]
     title = memory_vs_batch(fast.results, None, "estimate")["layout"]["title"]
     assert "(estimated; batch 8 replayed)" in str(title)
+    many = [fast.results[0].model_copy(update={"batch_size": b, "predicted": True}) for b in (1, 2, 3)]
+    assert "(estimated; 3 batch sizes replayed)" in str(memory_vs_batch(many, None, "estimate")["layout"]["title"])
+    measured = [
+        r.model_copy(update={"mode": "cpu"}) for r in many
+    ]  # a posted row's claim does not relabel a measurement
+    assert "replayed" not in str(memory_vs_batch(measured, None, "cpu")["layout"]["title"])
 
 
 def test_the_same_question_twice_answers_without_tracing(monkeypatch, tmp_path):
