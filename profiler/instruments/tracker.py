@@ -136,11 +136,6 @@ class StorageTracker(TorchDispatchMode):
     def _categories(self) -> dict[int, int]:
         return {gen: CATEGORIES.index(name) for (_, gen), name in self.kind.items()}
 
-    @property
-    def recording(self) -> bool:
-        """Whether an event log is being kept (and not yet taken, `event_log`)."""
-        return self._events is not None
-
     def _log(self, kind: int, gen: int, raw: int) -> None:
         if self._events is not None:
             kinds, gens, sizes = self._events

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from contract.methods import Method
 from contract.spec import JobSpec
 
+from ..instruments.replay import EventLog
 from ..trial.build import optimizer_impl
 
 GIB = 2**30
+
+
+def take_log(row: dict, logs: dict[int, EventLog] | None, batch_size: int) -> None:
+    """Move a trace's event log out of its row (measure_memory's "event_log") into `logs`, labelled
+    with its batch size."""
+    log = row.pop("event_log", None)
+    if log is not None and logs is not None:
+        logs[batch_size] = dataclasses.replace(log, batch_size=batch_size)
 
 
 def memory_limit(spec: JobSpec) -> float | None:

@@ -3,15 +3,13 @@ process per rank on cpu and cuda (ranks.py). How a rank is wrapped and counted: 
 
 from __future__ import annotations
 
-import dataclasses
-
 from contract.methods import Method
 from contract.rows import TrialRow
 from contract.spec import JobSpec
 
 from ..instruments.replay import EventLog
 from ..trial.mode import trial_in_mode
-from .base import base_row, memory_limit
+from .base import base_row, memory_limit, take_log
 from .outcome import failure
 from .ranks import measured_rows
 from .sharding import RankTracker, fake_process_group, sharded_trial
@@ -35,9 +33,7 @@ def trial_row(
     row["rank"] = 0
     try:
         row.update(_estimate(spec, method, batch_size, record=logs is not None))
-        log = row.pop("event_log", None)
-        if log is not None:
-            logs[batch_size] = dataclasses.replace(log, batch_size=batch_size)
+        take_log(row, logs, batch_size)
         limit = memory_limit(spec)
         row["oom"] = limit is not None and row["peak_bytes"] > limit
     except Exception as err:

@@ -202,4 +202,4 @@ def sharded_trial(spec: JobSpec, trial: Trial, device, mesh, tracker: RankTracke
     with tracker, tracker.resizes():
         trial.model = wrap(trial.model, spec, device, mesh, traced=trial.traced)
     trial.optimizer = make_optimizer(spec, trial.model)  # over the shards; the old one held full tensors
-    return measure_memory(trial, mode, tracker, RankSavedCounter(trial.model, tracker), record=tracker.recording)
+    return measure_memory(trial, mode, tracker, RankSavedCounter(trial.model, tracker))

@@ -3,8 +3,6 @@ offloading method kept in host memory, the step time, in the spec's mode."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from contract.methods import Method
 from contract.rows import TrialRow
 from contract.spec import JobSpec
@@ -16,7 +14,7 @@ from ..trial.build import free_cached
 from ..trial.compiled import compile_step, compiled_graphs, measure_compiled_memory
 from ..trial.measure import measure_memory, measure_throughput, reconcile
 from ..trial.mode import mode_context, trial_in_mode
-from .base import base_row, memory_limit
+from .base import base_row, memory_limit, take_log
 from .outcome import failure
 
 
@@ -40,9 +38,7 @@ def trial_row(
         with trial_in_mode(spec, method, batch_size) as run:
             if not spec.compile:
                 row.update(measure_memory(run.trial, spec.device, record=logs is not None))
-                log = row.pop("event_log", None)
-                if log is not None:
-                    logs[batch_size] = dataclasses.replace(log, batch_size=batch_size)
+                take_log(row, logs, batch_size)
             built = record = run.leave_mode()
             if spec.compile:  # cpu or cuda (the spec refuses estimate)
                 # compiled in warm-up steps before anything is measured (compiled.compile_step), outside

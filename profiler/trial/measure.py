@@ -53,9 +53,10 @@ def measure_memory(
     calls `reconcile` again. An estimate of a CUDA device counts storages in the allocator's block
     sizes, plus the cuBLAS workspaces a real device holds from its first matmul on. `tracker` and
     `saved` replace the default tracker and saved-tensor counter (producers/sharding.py passes
-    sharding-aware ones). `record`: the default tracker keeps an event log of its counting, returned
-    as "event_log" (instruments/replay.py, its batch size 0), which the caller takes out of the row
-    and labels with its batch size. Each breakdown is the tracker's composition at its own peak, the part of
+    sharding-aware ones). `record`: the default tracker keeps an event log of its counting; a tracker
+    that keeps one (the default with `record`, or one passed in recording) returns it as "event_log"
+    (instruments/replay.py, its batch size 0), which the caller takes out of the row and labels with
+    its batch size (producers/base.take_log). Each breakdown is the tracker's composition at its own peak, the part of
     the reported peak the tracker does not see (workspaces; on cuda and cpu what kernels allocate
     inside themselves) in `other` and in untracked_bytes, so that it sums to the peak (`reconcile`).
     """
@@ -95,8 +96,9 @@ def measure_memory(
     }
     if trial.kernels:
         out["workspace_bytes"] = fixed  # in the peaks, and in the breakdowns' `other`
-    if record:
-        out["event_log"] = tracker.event_log(fixed)
+    log = tracker.event_log(fixed)  # None unless the tracker recorded
+    if log is not None:
+        out["event_log"] = log
     if cuda:
         out.update(cuda_allocator_stats())
     reconcile(out)
