@@ -1,9 +1,10 @@
 """How long an estimate study takes, and that the fast path answers what today's path answers.
 
-One run, side by side on this machine: (1) the unit, one trace of `full` at the largest batch;
-(2) the study on today's path (WTACRS_TRACE_CACHE=off: every trace afresh, the largest-batch
-search from nothing); (3) the same study with a cold trace cache (the search starts from the
-sweep's traces, guided by the replay of their event logs, profiler/instruments/replay.py); (4) the same study again, warm (what a second user asking gets). Each study
+One run, side by side on this machine: (1) the unit, one trace of `full` at the largest batch, as
+today's path traces it (WTACRS_SECOND_STEP=traced: both steps traced, profiler/trial/measure.py);
+(2) the study on today's path (that, and WTACRS_TRACE_CACHE=off: every trace afresh, the
+largest-batch search from nothing); (3) the same study with a cold trace cache and step 2 written from
+step 1 (instruments/second_step.py; the search starts from the sweep's traces, guided by the replay of their event logs, profiler/instruments/replay.py); (4) the same study again, warm (what a second user asking gets). Each study
 runs as `wtacrs-prof run` does (methods in child processes, one per core at once). Prints each
 wall time in units of (1); whether (3) and (4) give the same largest batch per method and the same
 traced sweep rows, byte for byte, as (2); and how far their replayed rows (the sweep's batches
@@ -25,12 +26,19 @@ from common import machine
 from contract.methods import parse_method
 from contract.spec import JobSpec
 from profiler.runner import run_job
+from profiler.trial.measure import SECOND_STEP_ENV
 
 METHODS = ["full", "lora", "checkpointing", "wtacrs@0.3", "lora+wtacrs@0.1"]
 
 
+def _today(on: bool) -> None:
+    """Today's path: every step of a trace traced (profiler/trial/measure.py), no cache."""
+    os.environ[SECOND_STEP_ENV] = "traced" if on else "written"
+
+
 def _study(spec: JobSpec, cache: str) -> tuple[float, object]:
     os.environ["WTACRS_TRACE_CACHE"] = cache
+    _today(cache == "off")
     start = time.perf_counter()
     result = run_job(spec, isolate=True)
     return time.perf_counter() - start, result
@@ -78,10 +86,16 @@ def main() -> None:
     print(machine())
     from profiler.producers.single import trial_row
 
+    _today(True)
     start = time.perf_counter()
     trial_row(spec, parse_method("full"), max(args.batches))
     unit = time.perf_counter() - start
-    print(f"unit: one trace of full at batch {max(args.batches)}: {unit:.1f} s")
+    print(f"unit: one trace of full at batch {max(args.batches)}, as today: {unit:.1f} s")
+    _today(False)
+    start = time.perf_counter()
+    trial_row(spec, parse_method("full"), max(args.batches))
+    written = time.perf_counter() - start
+    print(f"the same trace with step 2 written from step 1: {written:.1f} s ({unit / written:.2f}x faster)")
     today_s, today = _study(spec, "off")
     with tempfile.TemporaryDirectory(prefix="wtacrs-traces-") as folder:
         cold_s, cold = _study(spec, folder)

@@ -17,6 +17,7 @@ import gc
 import weakref
 from array import array
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -28,6 +29,19 @@ from .replay import ALLOC, FREE, RESET, RESIZE, STEP, EventLog
 
 def _storage(t: torch.Tensor):
     return t.untyped_storage()
+
+
+@contextlib.contextmanager
+def _no_collection():
+    """With the collector off: a collection it triggered could run a storage's finalizer (`_free`)
+    and change what is being read (`live`, the event log) meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class StorageTracker(TorchDispatchMode):
@@ -83,15 +97,8 @@ class StorageTracker(TorchDispatchMode):
             self._peak_snapshot = self._copy_live()
 
     def _copy_live(self) -> dict[int, tuple[int, int]]:
-        # with the collector off: a collection it triggered could run a storage's finalizer (_free)
-        # and change `live` while it is being copied
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_collection():
             return self.live.copy()
-        finally:
-            if enabled:
-                gc.enable()
 
     def _free(self, key: int, gen: int) -> None:
         found = self.live.get(key)
@@ -143,15 +150,30 @@ class StorageTracker(TorchDispatchMode):
             gens.append(gen)
             sizes.append(raw)
 
-    def event_log(self, fixed: int = 0) -> EventLog | None:
+    @property
+    def position(self) -> int:
+        """How many events the log holds so far (0 when not recording)."""
+        return len(self._events[0]) if self._events is not None else 0
+
+    def event_log(self, fixed: int = 0, rewrite=None) -> EventLog | None:
         """What this tracker counted, as an event log of batch size 0 for the caller to label (None
-        unless recording); `fixed`: bytes the reported peak holds beyond the tracker's (workspaces)."""
+        unless recording); `fixed`: bytes the reported peak holds beyond the tracker's (workspaces).
+        `rewrite(kinds, gens, sizes, category, first_category)` may give the log other columns and
+        categories (instruments/second_step.py); where it gives None, so does this, and the tracker
+        goes on recording."""
         if self._events is None:
             return None
-        events, self._events = self._events, None  # the log ends here (what is freed later is no step's)
-        category = self._categories()
-        first = self._first_kinds
-        return EventLog.of(0, *events, block=self.block, fixed=fixed, category=category, first_category=first)
+        with _no_collection():
+            kinds, gens, sizes = (np.array(c, dtype=d) for c, d in zip(self._events, (np.int8, np.int64, np.int64)))
+            category, first = self._categories(), self._first_kinds
+        if rewrite is not None:
+            done = rewrite(kinds, gens, sizes, category, first or {})
+            if done is None:
+                return None
+            kinds, gens, sizes, category = done
+        self._events = None  # the log ends here (what is freed later is no step's)
+        columns = (c.tolist() for c in (kinds, gens, sizes))
+        return EventLog.of(0, *columns, block=self.block, fixed=fixed, category=category, first_category=first)
 
     # -- classification ---------------------------------------------------------------------
     def mark(self, tensors, category: str) -> None:

@@ -9,6 +9,8 @@ Gradient fidelity is a producer of its own (producers/fidelity.py).
 
 from __future__ import annotations
 
+import functools
+import os
 import statistics
 import time
 
@@ -17,7 +19,9 @@ import torch
 from contract.spec import JobSpec
 from wtacrs.memory import SavedTensorCounter
 
+from ..instruments import second_step
 from ..instruments.cpu_allocator import FIRST_STEP, STEADY
+from ..instruments.replay import EventLog
 from ..instruments.tracker import StorageTracker
 from .build import Trial
 
@@ -34,6 +38,29 @@ def steady_step(trial: Trial) -> None:
         trial.optimizer_step()
         trial.forward_backward()
         trial.optimizer_step()
+
+
+# "traced": an estimate traces step 2's forward and backward too, as before it was written from step 1's
+SECOND_STEP_ENV = "WTACRS_SECOND_STEP"
+
+
+def second_step_written(trial: Trial, tracker: StorageTracker, fixed: int) -> EventLog | None:
+    """The steady step of an estimate without tracing step 2's forward and backward: the optimizer
+    steps twice on step 1's gradients, they go, and the event log gets step 1's forward and backward
+    written in where step 2's would be (instruments/second_step.py), which it returns. Where step 1's
+    cannot stand for step 2's, it traces a forward, backward and optimizer step after all (a steady
+    step like step 2: the optimizer's state exists) and returns None; the tracker then holds the peak."""
+    optimizer = tracker.position
+    trial.optimizer.step()
+    second = tracker.position
+    trial.optimizer.step()
+    zero = tracker.position
+    trial.optimizer.zero_grad(set_to_none=True)
+    log = tracker.event_log(fixed, rewrite=functools.partial(second_step.repeat, marks=(optimizer, second, zero)))
+    if log is None:
+        trial.forward_backward()
+        trial.optimizer_step()
+    return log
 
 
 CUDA_BLOCK = 512  # the CUDA caching allocator hands out multiples of 512 bytes
@@ -60,7 +87,13 @@ def measure_memory(
     the reported peak the tracker does not see (workspaces; on cuda and cpu what kernels allocate
     inside themselves) in `other` and in untracked_bytes, so that it sums to the peak (`reconcile`).
     """
+    # An estimate of a CUDA device writes step 2 from step 1, with its own tracker (a sharded one's
+    # ranks are not checked to repeat). Not of the CPU: WTA-CRS layers sharing a sample (q, k, v)
+    # learn their partners in step 1, and from step 2 on the CPU's reference code computes each
+    # partner's gradient factor in ops of its own, which the CUDA kernel takes in (second_step.py).
+    write_second = tracker is None and trial.kernels is not None and os.environ.get(SECOND_STEP_ENV) != "traced"
     if tracker is None:
+        record = record or write_second
         if trial.kernels:
             tracker = StorageTracker(block=trial.kernels.round_bytes, record=record)
         elif mode == "cuda":  # what the CUDA allocator counts: its blocks, on the device only
@@ -82,21 +115,28 @@ def measure_memory(
         tracker.step_ended()
         first_peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
         first_breakdown = tracker.peak_breakdown()
-        steady_step(trial)
-        peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
+        log = second_step_written(trial, tracker, fixed) if write_second else None
+        if log is None:
+            if not write_second:
+                steady_step(trial)
+            peak = torch.cuda.max_memory_allocated() if cuda else tracker.peak + fixed
+            tracked, breakdown = tracker.peak, tracker.peak_breakdown()
+            log = tracker.event_log(fixed)  # None unless the tracker recorded
+        else:
+            steady = log.replay()
+            peak, tracked, breakdown = steady.peak, steady.peak - fixed, steady.breakdown
     out = {
         "peak_bytes": int(peak),
         "first_step_peak_bytes": int(first_peak),
         "activation_bytes": int(saved.total),
-        "tracked_peak_bytes": int(tracker.peak),
-        "breakdown": tracker.peak_breakdown(),
+        "tracked_peak_bytes": int(tracked),
+        "breakdown": breakdown,
         "first_step_breakdown": first_breakdown,
         "optimizer": trial.optimizer_name,
         "optimizer_impl": trial.optimizer_impl,
     }
     if trial.kernels:
         out["workspace_bytes"] = fixed  # in the peaks, and in the breakdowns' `other`
-    log = tracker.event_log(fixed)  # None unless the tracker recorded
     if log is not None:
         out["event_log"] = log
     if cuda:
